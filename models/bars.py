@@ -75,6 +75,7 @@ class Song:
     name: str
     bars: np.ndarray  # (n_bars, 5, 32, 128) float32, velocity/127
     midi: pretty_midi.PrettyMIDI  # the parsed file: tempo map and the original tracks
+    piano_tracks: tuple[int, ...] = ()  # indices into midi.instruments of the part read as piano
 
     @property
     def tempo_bpm(self) -> float:
@@ -183,7 +184,8 @@ def midi_to_song(
         notes = [(*_note_steps(midi, n), n.pitch, n.velocity) for n in inst.notes]
         _write_notes(rolls[INSTRUMENTS.index(family)], notes)
     bars = rolls.reshape(len(INSTRUMENTS), n_bars, STEPS_PER_BAR, N_PITCHES).transpose(1, 0, 2, 3)
-    return Song(name=name, bars=np.ascontiguousarray(bars), midi=midi)
+    piano_indices = tuple(i for i, t in enumerate(midi.instruments) if any(t is p for p in piano_tracks))
+    return Song(name=name, bars=np.ascontiguousarray(bars), midi=midi, piano_tracks=piano_indices)
 
 
 def roll_to_notes(roll: np.ndarray, threshold: float = 0.0) -> list[Note]:

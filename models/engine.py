@@ -1,0 +1,122 @@
+"""BandEngine: one played piano bar in, the band's next bar out. No I/O, no threads.
+
+The live daemon and the offline render both call `step`, so what is heard live is what render
+and evaluation measure. Given the same seed, controls and inputs, the outputs are the same.
+"""
+from __future__ import annotations
+
+import time
+from typing import Mapping
+
+import numpy as np
+import torch
+
+from models.bars import BAND, INSTRUMENTS, N_PITCHES, STEPS_PER_BAR
+from models.controls import Controls, density_threshold
+from models.networks import BandModel
+from models.style import StyleBank, sample_style
+
+PIANO_THRESHOLD = 0.2  # the article's threshold, for the predicted piano (echo / autopilot)
+DEFAULT_DYNAMICS = 90 / 127  # velocity used before the pianist has played anything
+
+
+class BandEngine:
+    """The networks plus one stream's state: previous latents, controls, random stream."""
+
+    def __init__(self, model: BandModel, styles: Mapping[str, StyleBank] | None = None,
+                 device: str | torch.device = "cpu", controls: Controls | None = None) -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.latent_size = model.config.latent
+        self.styles = dict(styles or {})
+        self.controls = Controls()
+        self.generator = torch.Generator(device=self.device)
+        self.last_step_ms = 0.0  # wall time of the last step, for status and benchmarks
+        self.set_controls(controls or Controls())
+        self.reset()
+
+    def reset(self, seed: int | None = None) -> None:
+        """Forget the band's previous bars and restart the random stream."""
+        self.generator.manual_seed(self.controls.seed if seed is None else seed)
+        # (5, K): the latent each instrument played last; zeros = the prior's mean
+        self.previous = torch.zeros(len(INSTRUMENTS), self.latent_size, device=self.device)
+        self.dynamics = DEFAULT_DYNAMICS
+
+    def set_controls(self, controls: Controls) -> None:
+        """Apply a whole setting at once; a new seed restarts the random stream."""
+        if controls.style and controls.style not in self.styles:
+            known = ", ".join(sorted(self.styles)) or "none"
+            raise ValueError(f"unknown style {controls.style!r}; known: {known}")
+        reseed = controls.seed != self.controls.seed
+        self.controls = controls
+        if reseed:
+            self.generator.manual_seed(controls.seed)
+
+    def step(self, piano_bar: np.ndarray) -> np.ndarray:
+        """Played piano bar t (32, 128), velocity/127 -> bar t+1 (5, 32, 128).
+
+        Rows are [predicted piano, guitar, bass, strings, drums]; cells are 0 or a velocity/127,
+        muted instruments are silent.
+        """
+        if piano_bar.shape != (STEPS_PER_BAR, N_PITCHES):
+            raise ValueError(f"piano bar must be ({STEPS_PER_BAR}, {N_PITCHES}), got {piano_bar.shape}")
+        started = time.perf_counter()
+        played = piano_bar[piano_bar > 0]
+        if played.size:
+            self.dynamics = float(played.mean())
+        decoded = self._decode_next(torch.from_numpy(np.ascontiguousarray(piano_bar, np.float32)))
+        out = self._binarise(decoded)
+        self.last_step_ms = (time.perf_counter() - started) * 1000
+        return out
+
+    @torch.inference_mode()
+    def _decode_next(self, piano_bar: torch.Tensor) -> np.ndarray:
+        model, controls = self.model, self.controls
+        bar = piano_bar.to(self.device).view(1, 1, STEPS_PER_BAR, N_PITCHES)
+        mean, _ = model.vaes["piano"].encode(bar)  # (1, K)
+        noise = torch.randn(mean.shape, generator=self.generator, device=self.device)
+        next_piano = model.melody(mean + controls.noise_sd * noise)  # (1, K)
+        latents = [next_piano[0]]
+        for i, instrument in enumerate(BAND, start=1):
+            latents.append(model.conditionals[instrument](next_piano, self.previous[i : i + 1])[0])
+        latents_t = self._mix_style(torch.stack(latents))  # (5, K)
+        self.previous = latents_t
+        return model.decode_all(latents_t.unsqueeze(0))[0].cpu().numpy()  # (5, 32, 128)
+
+    def _mix_style(self, latents: torch.Tensor) -> torch.Tensor:
+        """z' = alpha * s + (1 - alpha) * z per instrument (the original code mixed only the piano)."""
+        if not self.controls.style:
+            return latents
+        drawn = sample_style(self.styles[self.controls.style], self.generator)
+        alpha = self.controls.alpha
+        mixed = latents.clone()
+        for i, instrument in enumerate(INSTRUMENTS):
+            s = drawn[instrument]
+            if s is not None:
+                mixed[i] = alpha * s.to(self.device) + (1 - alpha) * latents[i]
+        return mixed
+
+    def _binarise(self, decoded: np.ndarray) -> np.ndarray:
+        """Keep cells above each instrument's threshold, at velocities that follow the pianist."""
+        out = np.zeros_like(decoded)
+        for i, instrument in enumerate(INSTRUMENTS):
+            if instrument == "piano":
+                threshold, gain = PIANO_THRESHOLD, 1.0
+            else:
+                if self.controls.mute[instrument]:
+                    continue
+                threshold = density_threshold(self.controls.density[instrument])
+                gain = self.controls.velocity[instrument]
+            on = decoded[i] > threshold
+            # the decoder's confidence adds a little accent around the pianist's level
+            accent = 0.85 + 0.3 * (decoded[i] - threshold) / max(1e-6, 1.0 - threshold)
+            out[i][on] = np.clip(self.dynamics * gain * accent[on], 1 / 127, 1.0)
+        return out
+
+    def warmup(self, steps: int = 3) -> None:
+        """A few throw-away steps so the first real bar does not pay for lazy initialisation."""
+        saved = (self.previous.clone(), self.generator.get_state(), self.dynamics)
+        for _ in range(steps):
+            self.step(np.zeros((STEPS_PER_BAR, N_PITCHES), np.float32))
+        self.previous, self.dynamics = saved[0], saved[2]
+        self.generator.set_state(saved[1])

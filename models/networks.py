@@ -1,0 +1,145 @@
+"""The VAE-NN networks of Tham & Kim (2021): a VAE per instrument, MelodyNN, ConditionalNNs.
+
+Pure torch modules, no I/O. Shapes: a batch of bars of one instrument is (B, 1, 32, 128),
+time x pitch; a latent is (B, K).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from models.bars import BAND, INSTRUMENTS, N_PITCHES, STEPS_PER_BAR
+
+
+@dataclass(frozen=True)
+class BandConfig:
+    latent: int = 16  # K; the article tried 8/16/32/64 and used 16
+    channels: tuple[int, int, int] = (64, 128, 256)  # VAE conv widths, article's values
+    hidden: int = 128  # MelodyNN / ConditionalNN width
+    dropout: float = 0.2  # MelodyNN only, as in the article
+
+    def __post_init__(self) -> None:
+        if self.latent not in (8, 16, 32, 64):
+            raise ValueError(f"latent must be 8, 16, 32 or 64, got {self.latent}")
+        if len(self.channels) != 3 or min(self.channels) < 1:
+            raise ValueError(f"channels must be three positive widths, got {self.channels}")
+        if self.hidden < 1 or not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"bad hidden={self.hidden} or dropout={self.dropout}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "BandConfig":
+        known = {k: values[k] for k in ("latent", "channels", "hidden", "dropout") if k in values}
+        if "channels" in known:
+            known["channels"] = tuple(known["channels"])
+        return cls(**known)
+
+
+class InstrumentVAE(nn.Module):
+    """Conv VAE over one instrument's bar; Gaussian likelihood with a learned scalar variance."""
+
+    def __init__(self, config: BandConfig) -> None:
+        super().__init__()
+        c1, c2, c3 = config.channels
+        self.encoder = nn.Sequential(
+            nn.Conv2d(1, c1, 4, stride=4), nn.ReLU(),  # (B, c1, 8, 32)
+            nn.Conv2d(c1, c2, 4, stride=4), nn.ReLU(),  # (B, c2, 2, 8)
+            nn.Conv2d(c2, c3, (2, 8), stride=(2, 8)), nn.ReLU(),  # (B, c3, 1, 1)
+            nn.Flatten(),
+        )
+        self.to_posterior = nn.Linear(c3, config.latent + 1)  # K means + one shared log-sigma
+        self.from_latent = nn.Linear(config.latent, c3)
+        self.decoder = nn.Sequential(
+            nn.ReLU(), nn.Unflatten(1, (c3, 1, 1)),
+            nn.ConvTranspose2d(c3, c2, (2, 8), stride=(2, 8)), nn.ReLU(),  # (B, c2, 2, 8)
+            nn.ConvTranspose2d(c2, c1, 4, stride=4), nn.ReLU(),  # (B, c1, 8, 32)
+            nn.ConvTranspose2d(c1, 1, 4, stride=4),  # (B, 1, 32, 128)
+        )
+        # log sd of the pixel likelihood; learned, so reconstruction and KL balance themselves
+        self.log_sigma_x = nn.Parameter(torch.tensor(math.log(0.3)))
+
+    def encode(self, bars: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 1, 32, 128) -> means (B, K), log-sigma (B, 1)."""
+        out = self.to_posterior(self.encoder(bars))
+        return out[:, :-1], out[:, -1:].clamp(-8.0, 4.0)
+
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        """(B, K) -> bar means in [0, 1], (B, 1, 32, 128)."""
+        return torch.sigmoid(self.decoder(self.from_latent(latent)))
+
+    def forward(self, bars: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Negative ELBO per bar, mean over the batch; also the reconstruction."""
+        mean, log_sigma = self.encode(bars)
+        latent = mean + torch.exp(log_sigma) * torch.randn_like(mean)
+        recon = self.decode(latent)
+        return self.loss(bars, recon, mean, log_sigma), recon
+
+    def loss(self, bars: torch.Tensor, recon: torch.Tensor, mean: torch.Tensor,
+             log_sigma: torch.Tensor) -> torch.Tensor:
+        n_cells = bars[0].numel()
+        sq_err = (bars - recon).pow(2).flatten(1).sum(1)
+        nll = 0.5 * sq_err * torch.exp(-2 * self.log_sigma_x) + n_cells * self.log_sigma_x
+        var = torch.exp(2 * log_sigma)
+        kl = 0.5 * (mean.pow(2) + var - 1 - 2 * log_sigma).sum(1)  # beta = 1
+        return (nll + kl).mean()
+
+
+class MelodyNN(nn.Module):
+    """Piano latent of bar t -> piano latent of bar t+1."""
+
+    def __init__(self, config: BandConfig) -> None:
+        super().__init__()
+        k, h = config.latent, config.hidden
+        self.net = nn.Sequential(
+            nn.Linear(k, h), nn.ReLU(), nn.Dropout(config.dropout),
+            nn.Linear(h, h), nn.ReLU(), nn.Linear(h, k),
+        )
+
+    def forward(self, piano_latent: torch.Tensor) -> torch.Tensor:
+        return self.net(piano_latent)
+
+
+class ConditionalNN(nn.Module):
+    """[next piano latent, the instrument's previous latent] -> the instrument's next latent."""
+
+    def __init__(self, config: BandConfig) -> None:
+        super().__init__()
+        k, h = config.latent, config.hidden
+        self.net = nn.Sequential(nn.Linear(2 * k, h), nn.ReLU(), nn.Linear(h, k))
+
+    def forward(self, next_piano: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([next_piano, previous], dim=-1))
+
+
+class BandModel(nn.Module):
+    """All the networks of one band, so one checkpoint holds a consistent set."""
+
+    def __init__(self, config: BandConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.vaes = nn.ModuleDict({name: InstrumentVAE(config) for name in INSTRUMENTS})
+        self.melody = MelodyNN(config)
+        self.conditionals = nn.ModuleDict({name: ConditionalNN(config) for name in BAND})
+
+    def encode_means(self, bars: torch.Tensor) -> torch.Tensor:
+        """(B, 5, 32, 128) -> latent means (B, 5, K), one VAE per instrument."""
+        means = [self.vaes[name].encode(bars[:, i : i + 1])[0] for i, name in enumerate(INSTRUMENTS)]
+        return torch.stack(means, dim=1)
+
+    def decode_all(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, 5, K) -> (B, 5, 32, 128)."""
+        bars = [self.vaes[name].decode(latents[:, i]) for i, name in enumerate(INSTRUMENTS)]
+        return torch.cat(bars, dim=1)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+BAR_SHAPE = (STEPS_PER_BAR, N_PITCHES)

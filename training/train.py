@@ -1,0 +1,336 @@
+"""`vaejam train`: the three stages of VAE-NN training, with validation, checkpoints and resume.
+
+1. one VAE per instrument on single bars; 2. MelodyNN on consecutive piano latents;
+3. a ConditionalNN per band instrument on [next piano latent, previous latent] -> next latent.
+Latents are the VAEs' means, as the article trains them. Every epoch ends with a validation pass
+and a checkpoint (safetensors + JSON) in OUT/train_state/, so `--resume` picks up at the next epoch.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from models.bars import BAND, INSTRUMENTS
+from models.checkpoint import check_state, save_band_model
+from models.networks import BandConfig, BandModel, count_parameters
+from training.corpus import Corpus, load_corpus
+
+log = logging.getLogger(__name__)
+STAGES = ("vae", "melody", "conditional")
+STATE_DIR = "train_state"
+F1_THRESHOLD = 0.2  # the article's binarisation threshold
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    out: str
+    device: str = "cpu"
+    seed: int = 0
+    vae_epochs: int = 12
+    nn_epochs: int = 40
+    batch_size: int = 64
+    lr: float = 1e-3
+    max_bars: int | None = None  # cap on training bars, for quick runs and tests
+    model: dict = field(default_factory=lambda: BandConfig().to_dict())
+
+
+@dataclass
+class TrainState:
+    stage: str = "vae"
+    epoch: int = 0  # epochs finished in this stage
+    history: list = field(default_factory=list)  # one dict per finished epoch
+    seconds: float = 0.0  # training time so far, across resumes
+
+
+def first_bars(corpus: Corpus, n_bars: int) -> Corpus:
+    """The whole songs that fit in the first n_bars bars (at least one song)."""
+    n_songs = max(1, int(np.searchsorted(corpus.song_starts, n_bars, side="right")) - 1)
+    n_songs = min(n_songs, corpus.n_songs)
+    end = int(corpus.song_starts[n_songs])
+    return Corpus(corpus.bars[:end], corpus.song_starts[: n_songs + 1], corpus.names[:n_songs])
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but torch sees no CUDA device")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise ValueError(f"--device must be auto, cpu or cuda[:N], got {name!r}")
+    return torch.device(name)
+
+
+def batches(n: int, size: int, rng: np.random.Generator | None) -> list[np.ndarray]:
+    order = rng.permutation(n) if rng is not None else np.arange(n)
+    return [order[i : i + size] for i in range(0, n, size)]
+
+
+def to_tensor(bars_u8: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 velocities (B, 5, 32, 128) -> float velocity/127 on the device."""
+    return torch.from_numpy(bars_u8).to(device).float().div_(127.0)
+
+
+# ---------------------------------------------------------------- stage 1: VAEs
+def vae_epoch(model: BandModel, corpus: Corpus, opt: torch.optim.Optimizer | None,
+              cfg: TrainConfig, rng: np.random.Generator | None, device: torch.device,
+              desc: str) -> dict[str, float]:
+    """One pass over the bars; trains when opt is given, else validates (adds F1 per instrument)."""
+    training = opt is not None
+    model.train(training)
+    sums = {name: 0.0 for name in INSTRUMENTS}
+    counts = {name: np.zeros(3) for name in INSTRUMENTS}  # true positives, predicted, actual
+    progress = tqdm(batches(len(corpus.bars), cfg.batch_size, rng), desc=desc, leave=False, unit="batch")
+    for index in progress:
+        bars = to_tensor(corpus.bars[np.sort(index)], device)  # (B, 5, 32, 128)
+        with torch.set_grad_enabled(training):
+            losses = []
+            for i, name in enumerate(INSTRUMENTS):
+                loss, recon = model.vaes[name](bars[:, i : i + 1])
+                losses.append(loss)
+                sums[name] += loss.item() * len(index)
+                if not training:
+                    counts[name] += f1_counts(bars[:, i : i + 1], model.vaes[name].decode(
+                        model.vaes[name].encode(bars[:, i : i + 1])[0]))
+            total = torch.stack(losses).sum()
+        if training:
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            opt.step()
+        progress.set_postfix(loss=f"{total.item():.1f}")
+    result = {f"loss/{k}": v / len(corpus.bars) for k, v in sums.items()}
+    if not training:
+        result.update({f"f1/{k}": f1_from_counts(c) for k, c in counts.items()})
+    return result
+
+
+def f1_counts(target: torch.Tensor, recon: torch.Tensor) -> np.ndarray:
+    actual = target > 0
+    predicted = recon > F1_THRESHOLD
+    return np.array([(actual & predicted).sum().item(), predicted.sum().item(), actual.sum().item()])
+
+
+def f1_from_counts(counts: np.ndarray) -> float:
+    tp, predicted, actual = counts
+    if predicted + actual == 0:
+        return 1.0  # nothing to play and nothing played: a perfect (empty) reconstruction
+    return float(2 * tp / (predicted + actual))
+
+
+# ------------------------------------------------------- stages 2 and 3: the MLPs
+@torch.inference_mode()
+def encode_corpus(model: BandModel, corpus: Corpus, cfg: TrainConfig, device: torch.device) -> torch.Tensor:
+    """Latent means of every bar, (n, 5, K), kept on the device for the MLP stages."""
+    model.eval()
+    means = [model.encode_means(to_tensor(corpus.bars[index], device))
+             for index in batches(len(corpus.bars), 512, None)]
+    return torch.cat(means)
+
+
+def mlp_loss(model: BandModel, stage: str, latents: torch.Tensor, pairs: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """MSE to the next bar's latent means; per instrument for the conditional stage."""
+    now, nxt = latents[pairs[:, 0]], latents[pairs[:, 1]]  # (B, 5, K)
+    if stage == "melody":
+        loss = F.mse_loss(model.melody(now[:, 0]), nxt[:, 0])
+        return loss, {"loss/melody": loss.item()}
+    parts = {}
+    for i, name in enumerate(BAND, start=1):
+        parts[name] = F.mse_loss(model.conditionals[name](nxt[:, 0], now[:, i]), nxt[:, i])
+    total = torch.stack(list(parts.values())).sum()
+    return total, {f"loss/{k}": v.item() for k, v in parts.items()}
+
+
+def mlp_epoch(model: BandModel, stage: str, latents: torch.Tensor, pairs: np.ndarray,
+              opt: torch.optim.Optimizer | None, cfg: TrainConfig, rng: np.random.Generator | None) -> dict:
+    training = opt is not None
+    model.train(training)
+    sums: dict[str, float] = {}
+    pairs_t = torch.from_numpy(pairs).to(latents.device)
+    for index in batches(len(pairs), cfg.batch_size, rng):
+        with torch.set_grad_enabled(training):
+            loss, parts = mlp_loss(model, stage, latents, pairs_t[torch.from_numpy(index).to(latents.device)])
+        if training:
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        for k, v in parts.items():
+            sums[k] = sums.get(k, 0.0) + v * len(index)
+    return {k: v / max(1, len(pairs)) for k, v in sums.items()}
+
+
+def stage_parameters(model: BandModel, stage: str) -> list[torch.nn.Parameter]:
+    module = {"vae": model.vaes, "melody": model.melody, "conditional": model.conditionals}[stage]
+    return list(module.parameters())
+
+
+# ------------------------------------------------------------ checkpoints, resume
+def save_state(out: Path, model: BandModel, opt: torch.optim.Optimizer, cfg: TrainConfig, state: TrainState) -> None:
+    """Weights, optimizer moments and progress; written to temp files, then renamed."""
+    folder = out / STATE_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    opt_state = opt.state_dict()
+    moments = {f"{pid}.{key}": torch.as_tensor(value).detach().cpu().contiguous()
+               for pid, entry in opt_state["state"].items() for key, value in entry.items()}
+    for name, tensors in (("weights", weights), ("optimizer", moments)):
+        save_file(tensors, str(folder / f"{name}.safetensors.tmp"))
+        os.replace(folder / f"{name}.safetensors.tmp", folder / f"{name}.safetensors")
+    meta = {"train": asdict(cfg), "state": asdict(state), "param_groups": opt_state["param_groups"]}
+    (folder / "state.json.tmp").write_text(json.dumps(meta, indent=1))
+    os.replace(folder / "state.json.tmp", folder / "state.json")
+
+
+def load_state(out: Path, model: BandModel) -> tuple[TrainState, dict, dict]:
+    """Restore the weights; return the progress, optimizer moments and param groups."""
+    folder = out / STATE_DIR
+    meta = json.loads((folder / "state.json").read_text())
+    weights = load_file(str(folder / "weights.safetensors"))
+    check_state(model.state_dict(), weights, folder / "weights.safetensors")
+    model.load_state_dict(weights)
+    return TrainState(**meta["state"]), load_file(str(folder / "optimizer.safetensors")), meta
+
+
+def restore_optimizer(opt: torch.optim.Optimizer, moments: dict, param_groups: list) -> None:
+    state: dict[int, dict] = {}
+    for key, value in moments.items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = value
+    opt.load_state_dict({"state": state, "param_groups": param_groups})
+
+
+# ------------------------------------------------------------------- the driver
+def train(cfg: TrainConfig) -> dict:
+    """Run (or resume) all stages; write the model to cfg.out; return the final report."""
+    out, device = Path(cfg.out), pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    model = BandModel(BandConfig.from_dict(cfg.model)).to(device)
+    state, moments, meta = TrainState(), None, None
+    if (out / STATE_DIR / "state.json").exists():
+        state, moments, meta = load_state(out, model)
+        log.info("resuming at stage %s, epoch %d", state.stage, state.epoch)
+    train_set, valid_set = load_corpus(cfg.data, "train"), load_corpus(cfg.data, "valid")
+    if cfg.max_bars:
+        train_set = first_bars(train_set, cfg.max_bars)
+        valid_set = first_bars(valid_set, max(cfg.max_bars // 4, 8))
+    log.info("%d train bars, %d valid bars, %d parameters, device %s",
+             len(train_set.bars), len(valid_set.bars), count_parameters(model), device)
+    started = time.perf_counter() - state.seconds
+    for stage in STAGES[STAGES.index(state.stage):]:
+        run_stage(model, stage, train_set, valid_set, cfg, state, out, device, moments, meta, started)
+        moments = meta = None  # only the stage we resumed into has saved moments
+    report = final_report(state, time.perf_counter() - started)
+    save_band_model(model, out, metadata={"train": asdict(cfg), "report": report})
+    (out / "training_log.json").write_text(json.dumps({"report": report, "history": state.history}, indent=1))
+    plot_history(state.history, out / "training.png")
+    return report
+
+
+def run_stage(model: BandModel, stage: str, train_set: Corpus, valid_set: Corpus, cfg: TrainConfig,
+              state: TrainState, out: Path, device: torch.device, moments, meta, started: float) -> None:
+    opt = torch.optim.Adam(stage_parameters(model, stage), lr=cfg.lr)
+    if state.stage == stage and moments is not None:
+        restore_optimizer(opt, moments, meta["param_groups"])
+    if state.stage != stage:
+        state.stage, state.epoch = stage, 0
+    epochs = cfg.vae_epochs if stage == "vae" else cfg.nn_epochs
+    if stage != "vae":
+        latents = {s: encode_corpus(model, c, cfg, device) for s, c in (("train", train_set), ("valid", valid_set))}
+        pairs = {"train": train_set.pairs(), "valid": valid_set.pairs()}
+    progress = tqdm(range(state.epoch, epochs), desc=f"{stage}", unit="epoch", initial=state.epoch, total=epochs)
+    for epoch in progress:
+        rng = np.random.default_rng([cfg.seed, STAGES.index(stage), epoch])  # resumable shuffles
+        torch.manual_seed(cfg.seed * 1000 + STAGES.index(stage) * 100 + epoch)
+        if stage == "vae":
+            train_m = vae_epoch(model, train_set, opt, cfg, rng, device, f"vae {epoch + 1}/{epochs}")
+            valid_m = vae_epoch(model, valid_set, None, cfg, None, device, "validate")
+        else:
+            train_m = mlp_epoch(model, stage, latents["train"], pairs["train"], opt, cfg, rng)
+            valid_m = mlp_epoch(model, stage, latents["valid"], pairs["valid"], None, cfg, None)
+        state.epoch = epoch + 1
+        state.seconds = time.perf_counter() - started
+        state.history.append({"stage": stage, "epoch": epoch + 1, "seconds": round(state.seconds, 1),
+                              "train": train_m, "valid": valid_m})
+        progress.set_postfix(train=f"{sum(v for k, v in train_m.items() if k.startswith('loss')):.3f}",
+                             valid=f"{sum(v for k, v in valid_m.items() if k.startswith('loss')):.3f}")
+        log.info("%s epoch %d/%d  valid %s", stage, epoch + 1, epochs, _fmt(valid_m))
+        save_state(out, model, opt, cfg, state)
+
+
+def _fmt(metrics: dict) -> str:
+    return " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+
+
+def final_report(state: TrainState, seconds: float) -> dict:
+    last = {}
+    for entry in state.history:  # the last validation of each stage
+        last[entry["stage"]] = entry["valid"]
+    return {"seconds": round(seconds, 1), "valid": last}
+
+
+def plot_history(history: list[dict], path: Path) -> None:
+    """Training curves, one panel per stage: train vs validation loss per epoch."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(STAGES), figsize=(13, 3.6))
+    for ax, stage in zip(axes, STAGES):
+        rows = [h for h in history if h["stage"] == stage]
+        for split, style in (("train", "-"), ("valid", "--")):
+            ys = [sum(v for k, v in h[split].items() if k.startswith("loss")) for h in rows]
+            ax.plot([h["epoch"] for h in rows], ys, style, label=split)
+        ax.set_title(f"{stage} loss (sum over networks)")
+        ax.set_xlabel("epoch")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def register_cli(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("train", help="train VAEs, MelodyNN and ConditionalNNs on a corpus")
+    parser.add_argument("--data", required=True, help="corpus directory (vaejam data synth|midi)")
+    parser.add_argument("--out", required=True, help="model directory to write")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--vae-epochs", type=int, default=TrainConfig.vae_epochs)
+    parser.add_argument("--nn-epochs", type=int, default=TrainConfig.nn_epochs)
+    parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    parser.add_argument("--lr", type=float, default=TrainConfig.lr)
+    parser.add_argument("--latent", type=int, default=16, choices=(8, 16, 32, 64))
+    parser.add_argument("--channels", default="64,128,256", help="VAE conv widths")
+    parser.add_argument("--max-bars", type=int, default=None, help="use at most this many training bars")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/train_state")
+    parser.set_defaults(func=_train_command)
+
+
+def _train_command(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if (out / STATE_DIR / "state.json").exists() and not args.resume:
+        raise ValueError(f"{out} holds a training run; add --resume to continue it or pick a new --out")
+    if args.resume and not (out / STATE_DIR / "state.json").exists():
+        raise ValueError(f"--resume: {out} holds no training state")
+    if min(args.vae_epochs, args.nn_epochs, args.batch_size) < 1 or not math.isfinite(args.lr) or args.lr <= 0:
+        raise ValueError("epochs and batch size must be >= 1 and --lr > 0")
+    channels = tuple(int(c) for c in args.channels.split(","))
+    model = BandConfig(latent=args.latent, channels=channels).to_dict()  # validates
+    if args.resume:
+        model = json.loads((out / STATE_DIR / "state.json").read_text())["train"]["model"]
+    cfg = TrainConfig(data=args.data, out=args.out, device=args.device, seed=args.seed,
+                      vae_epochs=args.vae_epochs, nn_epochs=args.nn_epochs, batch_size=args.batch_size,
+                      lr=args.lr, max_bars=args.max_bars, model=model)
+    report = train(cfg)
+    print(json.dumps(report, indent=1))
+    return 0
