@@ -1,0 +1,431 @@
+"""MIDI ports for the live band: virtual `vaejam in`/`vaejam out` (ALSA, JACK, CoreMIDI) or existing
+ports opened by name (Windows/loopMIDI), with arrival timestamps and no exceptions into callbacks.
+
+Follows mido's habits: one small base class with `_open/_send/_close` hooks, a context manager and a
+`close()` that is safe to call twice; device trouble is an OSError naming the port. python-rtmidi is
+used directly (not through mido's port) because mido drops malformed input silently and we count it;
+it is imported lazily, so the logic here is testable with the in-memory ports and no MIDI stack.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable, Mapping, Sequence
+
+import mido
+
+from bridge.clock import CountedLog
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+# handler(msg, t): a parsed message and its perf_counter arrival time; runs on the MIDI thread
+MessageHandler = Callable[[mido.Message, float], None]
+
+# --midi-api choice -> rtmidi API constant name
+API_NAMES: dict[str, str] = {
+    "alsa": "LINUX_ALSA", "jack": "UNIX_JACK", "coremidi": "MACOSX_CORE", "winmm": "WINDOWS_MM",
+}
+API_CHOICES = ("auto", "alsa", "jack", "coremidi")
+IN_PORT_NAME = "vaejam in"
+OUT_PORT_NAME = "vaejam out"
+RECONNECT_INTERVAL_S = 1.0
+
+
+class MidiPortError(OSError):
+    """A port that cannot be opened or used; the message names the port and the API."""
+
+
+def apis_to_try(choice: str, platform: str = sys.platform, has_alsa_seq: bool | None = None) -> list[str]:
+    """rtmidi APIs to try in order for a --midi-api choice (auto: the platform's native one, then JACK)."""
+    if choice not in API_CHOICES:
+        raise ValueError(f"unknown MIDI API {choice!r}; use one of {', '.join(API_CHOICES)}")
+    if choice != "auto":
+        return [API_NAMES[choice]]
+    if platform.startswith("linux"):
+        if has_alsa_seq is None:
+            has_alsa_seq = os.path.exists("/dev/snd/seq")
+        # No sequencer device (containers, servers): ALSA would fail, go straight to JACK.
+        return ["LINUX_ALSA", "UNIX_JACK"] if has_alsa_seq else ["UNIX_JACK"]
+    if platform == "darwin":
+        return ["MACOSX_CORE", "UNIX_JACK"]
+    if platform.startswith("win"):
+        return ["WINDOWS_MM"]
+    return ["UNIX_JACK"]
+
+
+def supports_virtual(api: str) -> bool:
+    return api != "WINDOWS_MM"
+
+
+def match_port_name(wanted: str, available: Sequence[str]) -> str | None:
+    """The available port meaning `wanted`: exact, else the one containing it (rtmidi decorates names
+    with client prefixes and numbers, e.g. 'loopMIDI Port 1 2' or 'RtMidiOut Client:piano')."""
+    if wanted in available:
+        return wanted
+    lowered = wanted.lower()
+    matches = [name for name in available if lowered in name.lower()]
+    return matches[0] if len(matches) == 1 else None
+
+
+class BasePort:
+    """Open on construction, close() safe to call twice, usable as a context manager."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.closed = True
+        self._open()
+        self.closed = False
+
+    def _open(self) -> None:
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._close()
+
+    def __enter__(self) -> "BasePort":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return f"<{type(self).__name__} {self.name!r} ({state})>"
+
+
+class BaseInput(BasePort):
+    """Parses raw bytes, stamps arrival time, hands messages to the handler; never raises upward."""
+
+    def __init__(self, name: str, handler: MessageHandler, clock: Clock = time.perf_counter) -> None:
+        self._handler = handler
+        self._clock = clock
+        self.errors = CountedLog(log)  # counts malformed/sysex/handler errors; thread-safe
+        super().__init__(name)
+
+    def deliver(self, data: Sequence[int], t: float | None = None) -> None:
+        """One raw MIDI message as it arrived; called on the MIDI thread (or by tests)."""
+        if t is None:
+            t = self._clock()  # first thing: arrival time before any parsing cost
+        try:
+            msg = mido.Message.from_bytes(list(data))
+        except (ValueError, TypeError, IndexError) as err:
+            self.errors.event("malformed", f"{self.name}: dropped malformed MIDI {bytes(data)[:8].hex()} ({err})")
+            return
+        if msg.type == "sysex":
+            self.errors.event("sysex", f"{self.name}: ignoring sysex ({len(data)} bytes)", logging.INFO)
+            return
+        try:
+            self._handler(msg, t)
+        except Exception as err:  # noqa: BLE001 - a bug downstream must not kill the MIDI thread
+            self.errors.event("handler", f"{self.name}: handler failed on {msg}: {err!r}", logging.ERROR, True)
+
+
+class BaseOutput(BasePort):
+    def send(self, msg: mido.Message) -> None:
+        if self.closed:
+            raise MidiPortError(f"{self.name}: port is closed")
+        self._send(msg)
+
+    def _send(self, msg: mido.Message) -> None:
+        raise NotImplementedError
+
+
+class MemoryInput(BaseInput):
+    """An input fed by tests through deliver()."""
+
+    def _open(self) -> None:
+        pass
+
+    def _close(self) -> None:
+        pass
+
+
+class MemoryOutput(BaseOutput):
+    """An output that keeps what was sent, with send times, for tests."""
+
+    def __init__(self, name: str, clock: Clock = time.perf_counter) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()  # guards sent
+        self.sent: list[tuple[float, mido.Message]] = []  # (time, msg); _lock
+        super().__init__(name)
+
+    def _open(self) -> None:
+        pass
+
+    def _close(self) -> None:
+        pass
+
+    def _send(self, msg: mido.Message) -> None:
+        with self._lock:
+            self.sent.append((self._clock(), msg))
+
+
+def _rtmidi_api(api: str) -> int:
+    import rtmidi  # lazily: only real ports need the library
+
+    return getattr(rtmidi, f"API_{api}")
+
+
+class RtMidiInput(BaseInput):
+    """A virtual input port (virtual=True) or an existing output port of another client, by name."""
+
+    def __init__(self, name: str, handler: MessageHandler, api: str, virtual: bool = True,
+                 client_name: str = "vaejam", clock: Clock = time.perf_counter) -> None:
+        self.api = api
+        self._virtual = virtual
+        self._client_name = client_name
+        super().__init__(name, handler, clock)
+
+    def _open(self) -> None:
+        import rtmidi
+
+        try:
+            self._rt = rtmidi.MidiIn(_rtmidi_api(self.api), self._client_name)
+            # sysex and clock reach us (sysex to be counted, clock to be followed); active sensing not
+            self._rt.ignore_types(sysex=False, timing=False, active_sense=True)
+            if self._virtual:
+                self._rt.open_virtual_port(self.name)
+            else:
+                self.name = _open_by_name(self._rt, self.name, self.api)
+            self._rt.set_callback(self._on_rtmidi)
+        except (rtmidi.SystemError, rtmidi.RtMidiError, RuntimeError) as err:
+            raise MidiPortError(f"cannot open MIDI input {self.name!r} on {self.api}: {err}") from err
+
+    def _on_rtmidi(self, event: tuple[list[int], float], data: object = None) -> None:
+        self.deliver(event[0], self._clock())
+
+    def _close(self) -> None:
+        self._rt.cancel_callback()  # before closing, so no callback runs on a closing port
+        self._rt.close_port()
+        self._rt.delete()
+
+
+class RtMidiOutput(BaseOutput):
+    def __init__(self, name: str, api: str, virtual: bool = True, client_name: str = "vaejam") -> None:
+        self.api = api
+        self._virtual = virtual
+        self._client_name = client_name
+        self._lock = threading.Lock()  # guards _rt.send_message: rtmidi ports are not thread-safe
+        super().__init__(name)
+
+    def _open(self) -> None:
+        import rtmidi
+
+        try:
+            self._rt = rtmidi.MidiOut(_rtmidi_api(self.api), self._client_name)
+            if self._virtual:
+                self._rt.open_virtual_port(self.name)
+            else:
+                self.name = _open_by_name(self._rt, self.name, self.api)
+        except (rtmidi.SystemError, rtmidi.RtMidiError, RuntimeError) as err:
+            raise MidiPortError(f"cannot open MIDI output {self.name!r} on {self.api}: {err}") from err
+
+    def _send(self, msg: mido.Message) -> None:
+        with self._lock:
+            self._rt.send_message(msg.bytes())
+
+    def _close(self) -> None:
+        with self._lock:
+            self._rt.close_port()
+            self._rt.delete()
+
+
+def _open_by_name(rt: object, wanted: str, api: str) -> str:
+    available = rt.get_ports()  # type: ignore[attr-defined]
+    name = match_port_name(wanted, available)
+    if name is None:
+        listing = ", ".join(repr(n) for n in available) or "none"
+        raise MidiPortError(f"no MIDI port named {wanted!r} on {api} (available: {listing})")
+    rt.open_port(available.index(name))  # type: ignore[attr-defined]
+    return name
+
+
+def port_names(api: str, output: bool) -> list[str]:
+    """Ports of other clients we could open by name (outputs we read from when output=True)."""
+    import rtmidi
+
+    rt = rtmidi.MidiIn(_rtmidi_api(api), "vaejam-probe") if output else rtmidi.MidiOut(_rtmidi_api(api), "vaejam-probe")
+    try:
+        return list(rt.get_ports())
+    finally:
+        rt.delete()
+
+
+@dataclass(frozen=True)
+class PortOptions:
+    """What `vaejam run` asked for."""
+
+    midi_api: str = "auto"
+    in_port: str | None = None  # open this existing port instead of a virtual `vaejam in`
+    out_port: str | None = None  # send to this existing port instead of a virtual `vaejam out`
+    port_per_instrument: bool = False  # `vaejam guitar`, `vaejam bass`, ... instead of one out port
+
+
+class MidiIO:
+    """The daemon's ports: one input, outputs routed by instrument; reconnects named peers.
+
+    `send(instrument, msg)` is the NoteScheduler's output function. Ports opened by name are watched
+    (`poll_reconnect`, every RECONNECT_INTERVAL_S from the daemon's housekeeping thread): a peer that
+    vanishes is closed on our side and reopened when its name is back.
+    """
+
+    def __init__(self, options: PortOptions, handler: MessageHandler, instruments: Iterable[str],
+                 clock: Clock = time.perf_counter) -> None:
+        self.options = options
+        self._handler = handler
+        self._clock = clock
+        self._instruments = tuple(instruments)
+        self._lock = threading.Lock()  # guards the port references below (swapped on reconnect)
+        self.api = ""
+        self.input: BaseInput | None = None  # _lock
+        self.outputs: dict[str, BaseOutput] = {}  # port key -> port; _lock
+        self._routes: dict[str, str] = {}  # instrument -> port key; fixed after open
+        self.send_errors = CountedLog(log)
+        self._open_all()
+
+    def _open_all(self) -> None:
+        errors = []
+        for api in apis_to_try(self.options.midi_api):
+            try:
+                self._open_with(api)
+                self.api = api
+                return
+            except MidiPortError as err:
+                self.close()
+                errors.append(str(err))
+                log.info("MIDI API %s unavailable (%s); trying the next one", api, err)
+        raise MidiPortError("no MIDI API could open the ports: " + "; ".join(errors))
+
+    def _open_with(self, api: str) -> None:
+        opts = self.options
+        if (opts.in_port is None or opts.out_port is None) and not supports_virtual(api):
+            raise MidiPortError(f"{api} has no virtual ports: pass --in-port and --out-port (e.g. loopMIDI names)")
+        self.input = self._open_input(api)
+        if opts.out_port is not None:
+            self.outputs["out"] = RtMidiOutput(opts.out_port, api, virtual=False)
+            self._routes = {i: "out" for i in self._instruments}
+        elif opts.port_per_instrument:
+            for instrument in self._instruments:
+                self.outputs[instrument] = RtMidiOutput(f"vaejam {instrument}", api)
+            self._routes = {i: i for i in self._instruments}
+        else:
+            self.outputs["out"] = RtMidiOutput(OUT_PORT_NAME, api)
+            self._routes = {i: "out" for i in self._instruments}
+
+    def _open_input(self, api: str) -> BaseInput:
+        if self.options.in_port is None:
+            return RtMidiInput(IN_PORT_NAME, self._handler, api, clock=self._clock)
+        return RtMidiInput(self.options.in_port, self._handler, api, virtual=False, clock=self._clock)
+
+    @property
+    def port_names(self) -> list[str]:
+        with self._lock:
+            names = [self.input.name] if self.input is not None else []
+            return names + [port.name for port in self.outputs.values()]
+
+    def send(self, instrument: str, msg: mido.Message) -> None:
+        """Route to the instrument's port; a vanished port drops the message (counted), never raises."""
+        with self._lock:
+            port = self.outputs.get(self._routes.get(instrument, ""))
+        if port is None or port.closed:
+            self.send_errors.event("no_port", f"no open MIDI output for {instrument}: dropping notes until it is back")
+            return
+        try:
+            port.send(msg)
+        except Exception as err:  # noqa: BLE001 - output trouble must not stop the scheduler
+            self.send_errors.event("send", f"{port.name}: send failed ({err!r})")
+
+    def poll_reconnect(self) -> None:
+        """Reopen a port opened by name whose peer went away and came back; close one that vanished."""
+        if self.options.in_port is not None:
+            self._watch_input()
+        if self.options.out_port is not None:
+            self._watch_output()
+
+    def _watch_input(self) -> None:
+        wanted = self.options.in_port
+        present = match_port_name(wanted, port_names(self.api, output=True)) is not None
+        with self._lock:
+            port = self.input
+        if port is not None and not present:
+            log.warning("MIDI input %r vanished; waiting for it to come back", wanted)
+            port.close()
+            with self._lock:
+                self.input = None
+        elif port is None and present:
+            try:
+                reopened = self._open_input(self.api)
+            except MidiPortError as err:
+                log.warning("MIDI input %r is back but failed to open: %s", wanted, err)
+                return
+            with self._lock:
+                self.input = reopened
+            log.info("MIDI input %r reconnected", wanted)
+
+    def _watch_output(self) -> None:
+        wanted = self.options.out_port
+        present = match_port_name(wanted, port_names(self.api, output=False)) is not None
+        with self._lock:
+            port = self.outputs.get("out")
+        if port is not None and not present:
+            log.warning("MIDI output %r vanished; waiting for it to come back", wanted)
+            with self._lock:
+                del self.outputs["out"]
+            port.close()
+        elif port is None and present:
+            try:
+                reopened = RtMidiOutput(wanted, self.api, virtual=False)
+            except MidiPortError as err:
+                log.warning("MIDI output %r is back but failed to open: %s", wanted, err)
+                return
+            with self._lock:
+                self.outputs["out"] = reopened
+            log.info("MIDI output %r reconnected", wanted)
+
+    def counters(self) -> dict[str, int]:
+        with self._lock:
+            port = self.input
+        counts = dict(port.errors.counts) if port is not None else {}
+        counts.update({f"send_{k}": v for k, v in self.send_errors.counts.items()})
+        return counts
+
+    def close(self) -> None:
+        """Close every port (input first, so no callback runs during shutdown); safe twice."""
+        with self._lock:
+            ports: list[BasePort] = ([self.input] if self.input is not None else []) + list(self.outputs.values())
+            self.input, self.outputs = None, {}
+        for port in ports:
+            try:
+                port.close()
+            except Exception as err:  # noqa: BLE001 - closing the others matters more
+                log.warning("closing %s failed: %r", port.name, err)
+
+
+def channel_map(text: str, defaults: Mapping[str, int]) -> dict[str, int]:
+    """'guitar=2,bass=3,drums=10' (1-based MIDI channels, as users count) -> 0-based channels."""
+    channels = dict(defaults)
+    if not text.strip():
+        return channels
+    for item in text.split(","):
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or name not in defaults:
+            raise ValueError(f"--channels: bad item {item!r}; use NAME=CHANNEL with NAME in {', '.join(defaults)}")
+        try:
+            channel = int(value)
+        except ValueError as err:
+            raise ValueError(f"--channels: {name} needs a channel number 1-16, got {value!r}") from err
+        if not 1 <= channel <= 16:
+            raise ValueError(f"--channels: {name}={channel} is outside 1-16")
+        channels[name] = channel - 1
+    return channels
