@@ -140,12 +140,13 @@ def load_corpus(directory: str | os.PathLike, split: str) -> Corpus:
         raise FileNotFoundError(f"{path}: no such corpus file")
     try:
         with np.load(path, allow_pickle=False) as data:
-            missing = {"bars", "song_starts", "names"} - set(data.files)
-            if missing:
-                raise ValueError(f"{path}: missing arrays {sorted(missing)}")
-            bars, starts, names = data["bars"], data["song_starts"], [str(n) for n in data["names"]]
-    except (OSError, zipfile.BadZipFile, EOFError) as err:
+            arrays = {key: data[key] for key in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:  # ValueError: not an npz at all
         raise ValueError(f"{path}: not a readable corpus file ({err})") from err
+    missing = {"bars", "song_starts", "names"} - set(arrays)
+    if missing:
+        raise ValueError(f"{path}: missing arrays {sorted(missing)}")
+    bars, starts, names = arrays["bars"], arrays["song_starts"], [str(n) for n in arrays["names"]]
     _check_arrays(bars, starts, len(names), str(path))
     return Corpus(bars=bars, song_starts=starts, names=names)
 

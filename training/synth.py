@@ -32,11 +32,15 @@ import pretty_midi
 from tqdm import tqdm
 
 from models.bars import INSTRUMENTS, instrument_for_program, midi_to_song, to_uint8
-from training.corpus import CorpusSong, find_midi_files, read_midi_file, skip_reason, write_corpus
+from training.corpus import (
+    CorpusSong, find_midi_files, nonempty_bar_rates, read_midi_file, skip_reason, write_corpus,
+)
 
 log = logging.getLogger(__name__)
 
 MMA_TIMEOUT_S = 60.0
+# Share of bars each family must play in, else vaejam adds its own part for that family too.
+MIN_NONEMPTY: dict[str, float] = {"piano": 0.9, "guitar": 0.5, "bass": 0.5, "strings": 0.5, "drums": 0.5}
 MAX_GROOVE_TRIES = 8  # grooves a song tries before the run fails: bounded, never an endless redraw
 TEMPO_RANGE = (70, 180)  # BPM, inclusive
 NOTE_NAMES = ("C", "Db", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
@@ -453,27 +457,40 @@ def midi_name(index: int, groove: Groove) -> str:
     return f"{index:04d}-{re.sub(r'[^a-z0-9]+', '-', groove.name.lower()).strip('-')}.mid"
 
 
+def _render(plan: SongPlan, groove: Groove, parts: Parts, path: Path, timeout: float) -> np.ndarray:
+    """Render to path; the song's (n_bars, 5, 32, 128) float bars (piano may still be silent)."""
+    try:
+        run_mma(song_script(plan, groove, parts), path, timeout)
+        return fit_bars(midi_to_song(path, require_piano=False).bars, plan.n_bars)
+    except (ValueError, SynthError) as err:  # ValueError: models.bars.BarFormatError
+        path.unlink(missing_ok=True)
+        raise SynthError(skip_reason(err, path)) from err
+
+
 def _try_groove(plan: SongPlan, groove: Groove, out_dir: Path, timeout: float) -> RenderedSong:
+    """Render with one groove; a family the groove plays too rarely gets vaejam's part added too."""
     info = probe_groove(groove, timeout)
     if info.time != 4 or info.timesig != "4/4":
         raise SynthError(f"meter {info.timesig} ({info.time} beats); vaejam plays 4/4 only")
     parts = assign_parts(info.tracks)
     final = out_dir / "midi" / plan.split / midi_name(plan.index, groove)
     tmp = final.with_name(f".{final.name}.tmp")
-    try:
-        run_mma(song_script(plan, groove, parts), tmp, timeout)
-        song = midi_to_song(tmp)
-    except ValueError as err:  # models.bars.BarFormatError: e.g. no piano notes came out
+    bars = _render(plan, groove, parts, tmp, timeout)
+    rates = nonempty_bar_rates(bars)
+    # Grooves with a part every other bar (marches, 2-bar patterns) leave gaps; the piano is the
+    # model's input, so it must play (nearly) every bar. One re-render, so it stays bounded.
+    sparse = tuple(f for f in INSTRUMENTS if rates[f] < MIN_NONEMPTY[f] and f not in parts.added)
+    if sparse:
+        parts = Parts(parts.families, tuple(f for f in INSTRUMENTS if f in parts.added + sparse))
+        bars = _render(plan, groove, parts, tmp, timeout)
+    if not bars[:, INSTRUMENTS.index("piano")].any():
         tmp.unlink(missing_ok=True)
-        raise SynthError(skip_reason(err, tmp)) from err
-    except SynthError:
-        tmp.unlink(missing_ok=True)
-        raise
+        raise SynthError("no piano notes came out")
     os.replace(tmp, final)
     meta = {"file": str(final.relative_to(out_dir)), "split": plan.split, "groove": groove.name,
             "style": groove.style, "key": plan.key, "progression": plan.progression.name,
             "tempo": plan.tempo, "n_bars": plan.n_bars, "added_parts": list(parts.added)}
-    return RenderedSong(meta=meta, bars=to_uint8(fit_bars(song.bars, plan.n_bars)))
+    return RenderedSong(meta=meta, bars=to_uint8(bars))
 
 
 def render_song(plan: SongPlan, out_dir: Path, timeout: float = MMA_TIMEOUT_S) -> RenderedSong:
