@@ -13,6 +13,7 @@ import torch
 
 from models.bars import BAND, INSTRUMENTS, N_PITCHES, STEPS_PER_BAR
 from models.controls import Controls, density_threshold
+from models.fused import FusedBand
 from models.networks import BandModel
 from models.style import StyleBank, sample_style
 
@@ -27,6 +28,7 @@ class BandEngine:
                  device: str | torch.device = "cpu", controls: Controls | None = None) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
+        self.fused = FusedBand(self.model).to(self.device)  # the per-bar path: a few bmm's
         self.latent_size = model.config.latent
         self.styles = dict(styles or {})
         self.controls = Controls()
@@ -71,17 +73,14 @@ class BandEngine:
 
     @torch.inference_mode()
     def _decode_next(self, piano_bar: torch.Tensor) -> np.ndarray:
-        model, controls = self.model, self.controls
-        bar = piano_bar.to(self.device).view(1, 1, STEPS_PER_BAR, N_PITCHES)
-        mean, _ = model.vaes["piano"].encode(bar)  # (1, K)
+        fused, controls = self.fused, self.controls
+        mean = fused.encode_piano(piano_bar.to(self.device))  # (K,)
         noise = torch.randn(mean.shape, generator=self.generator, device=self.device)
-        next_piano = model.melody(mean + controls.noise_sd * noise)  # (1, K)
-        latents = [next_piano[0]]
-        for i, instrument in enumerate(BAND, start=1):
-            latents.append(model.conditionals[instrument](next_piano, self.previous[i : i + 1])[0])
-        latents_t = self._mix_style(torch.stack(latents))  # (5, K)
-        self.previous = latents_t
-        return model.decode_all(latents_t.unsqueeze(0))[0].cpu().numpy()  # (5, 32, 128)
+        next_piano = fused.next_piano(mean + controls.noise_sd * noise)  # (K,)
+        band = fused.next_band(next_piano, self.previous[1:])  # (4, K)
+        latents = self._mix_style(torch.cat([next_piano.unsqueeze(0), band]))  # (5, K)
+        self.previous = latents
+        return fused.decode(latents).cpu().numpy()  # (5, 32, 128)
 
     def _mix_style(self, latents: torch.Tensor) -> torch.Tensor:
         """z' = alpha * s + (1 - alpha) * z per instrument (the original code mixed only the piano)."""

@@ -1,0 +1,51 @@
+"""Shared fixtures: small real files and a small real model, made once per session."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.bars import INSTRUMENTS, song_to_midi
+from models.checkpoint import save_band_model
+from models.networks import BandConfig, BandModel
+
+TINY = BandConfig(latent=8, channels=(8, 16, 32), hidden=32)
+
+# I-vi-IV-V in C, one chord a bar: (root, third, fifth) as MIDI pitches in octave 4
+PROGRESSION = [(60, 64, 67), (57, 60, 64), (53, 57, 60), (55, 59, 62)]
+
+
+def band_song(n_bars: int = 8) -> np.ndarray:
+    """A hand-made five-part song following PROGRESSION, (n_bars, 5, 32, 128) float32."""
+    bars = np.zeros((n_bars, len(INSTRUMENTS), 32, 128), np.float32)
+    for t in range(n_bars):
+        chord = PROGRESSION[t % 4]
+        for pitch in chord:
+            bars[t, 0, 0:15, pitch] = 0.7  # piano: two half-note chords
+            bars[t, 0, 16:31, pitch] = 0.55
+            bars[t, 3, :, pitch - 12] = 0.4  # strings hold the chord
+        for beat in range(4):
+            bars[t, 1, beat * 8 : beat * 8 + 6, chord[beat % 3] + 12] = 0.6  # guitar arpeggio
+        bars[t, 2, 0:14, chord[0] - 24] = 0.8  # bass: root on 1 and 3
+        bars[t, 2, 16:30, chord[0] - 24] = 0.8
+        bars[t, 4, ::8, 36] = 0.9  # drums: kick on beats, snare on 2 and 4, hats on 8ths
+        bars[t, 4, 8::16, 38] = 0.8
+        bars[t, 4, ::4, 42] = 0.5
+    return bars
+
+
+@pytest.fixture(scope="session")
+def song_file(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("songs") / "band.mid"
+    song_to_midi(band_song(8), bpm=100).write(str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> str:
+    """A real (untrained, seeded) model on disk in the shipped format."""
+    import torch
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model")
+    save_band_model(BandModel(TINY), path)
+    return str(path)
