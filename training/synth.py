@@ -22,13 +22,14 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import mido
 import numpy as np
-import pretty_midi
 from tqdm import tqdm
 
 from models.bars import INSTRUMENTS, instrument_for_program, midi_to_song, to_uint8
@@ -197,12 +198,22 @@ def grooves_in_file(path: Path) -> list[tuple[str, str]]:
     return found
 
 
+_PITCHED_TRACK = re.compile(r"^\s*(begin\s+)?(chord|bass|walk|arpeggio|plectrum|scale|aria)(-\S+)?\s",
+                            re.IGNORECASE | re.MULTILINE)
+
+
 def scan_grooves(library: Path | None = None) -> list[Groove]:
-    """Every 4/4 groove in the library that plays a whole song (no intros, endings or fills), sorted."""
+    """Every 4/4 groove in the library that plays a whole song (no intros, endings or fills), sorted.
+
+    Drum-machine files (zoom/*: drum tracks only) are left out: vaejam's added parts would be the
+    only harmony, the same few patterns in every such song.
+    """
     root = library or mma_library()
     grooves = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
         for path in sorted(folder.glob("*.mma")):
+            if not _PITCHED_TRACK.search(path.read_text(errors="replace")):
+                continue
             for name, meter in grooves_in_file(path):
                 if meter == "4/4" and not _FRAGMENT.search(name):
                     grooves.append(Groove(folder.name, path.stem, name))
@@ -248,14 +259,19 @@ def _vj_lines(text: str) -> dict[str, list[str]]:
     return {w[1]: w[2:] for w in words if len(w) >= 2 and w[0] == "VJ"}
 
 
-def _default_programs(path: Path) -> dict[str, int]:
-    """GM program each MMA track of a rendered file plays most notes with (MIDI track name = MMA's)."""
-    best: dict[str, tuple[int, int]] = {}
-    for inst in pretty_midi.PrettyMIDI(str(path)).instruments:
-        name = inst.name.upper()
-        if not inst.is_drum and len(inst.notes) > best.get(name, (-1, 0))[0]:
-            best[name] = (len(inst.notes), inst.program)
-    return {name: int(program) for name, (_, program) in best.items()}
+def _channel_programs(path: Path) -> dict[int, int]:
+    """For each MIDI channel (1-16) of a file, the GM program most of its notes sound with."""
+    counts: Counter[tuple[int, int]] = Counter()
+    program = [0] * 16
+    for msg in mido.merge_tracks(mido.MidiFile(str(path)).tracks):  # time order across tracks
+        if msg.type == "program_change":
+            program[msg.channel] = msg.program
+        elif msg.type == "note_on" and msg.velocity > 0:
+            counts[(msg.channel, program[msg.channel])] += 1
+    best: dict[int, int] = {}
+    for (channel, prog), _ in counts.most_common():
+        best.setdefault(channel + 1, prog)
+    return best
 
 
 def probe_groove(groove: Groove, timeout: float = MMA_TIMEOUT_S) -> GrooveInfo:
@@ -264,15 +280,21 @@ def probe_groove(groove: Groove, timeout: float = MMA_TIMEOUT_S) -> GrooveInfo:
         if groove.spec in _probe_cache:
             return _probe_cache[groove.spec]
     head = f"Groove {groove.spec}\n"
-    with tempfile.TemporaryDirectory(prefix="vaejam-probe-") as tmp:
-        probe_mid = Path(tmp) / "probe.mid"
-        values = _vj_lines(run_mma(head + "Print VJ TIME $_Time\nPrint VJ TIMESIG $_TimeSig\n"
-                                   "Print VJ TRACKS $_TrackList\n" + _PROBE_CHART, probe_mid, timeout))
-        programs = _default_programs(probe_mid)
+    values = _vj_lines(run_mma(head + "Print VJ TIME $_Time\nPrint VJ TIMESIG $_TimeSig\n"
+                               "Print VJ TRACKS $_TrackList\n", None, timeout))
     # The track list names every track the file made; one this groove does not use has only rests
     # ('z') in its sequence. Solo and Melody tracks play written notes only, never an auto part.
     names = [t for t in values.get("TRACKS", []) if track_type(t) not in ("SOLO", "MELODY")]
-    seqs = run_mma(head + "".join(f"Print VJ SEQ {t} $_{t}_Sequence\n" for t in names), None, timeout)
+    # Render 8 bars to learn each track's voice: the program its channel plays. (Track names in
+    # the MIDI file are no guide: library grooves rename tracks after their voice.)
+    script = head + "".join(f"Print VJ SEQ {t} $_{t}_Sequence\n" for t in names) + _PROBE_CHART
+    script += "".join(f"Print VJ CHAN {t} $_{t}_Channel\n" for t in names)  # known once bars ran
+    with tempfile.TemporaryDirectory(prefix="vaejam-probe-") as tmp:
+        seqs = run_mma(script, Path(tmp) / "probe.mid", timeout)
+        by_channel = _channel_programs(Path(tmp) / "probe.mid")
+    channels = {w[2]: int(w[3]) for w in (line.split() for line in seqs.splitlines())
+                if len(w) == 4 and w[:2] == ["VJ", "CHAN"] and w[3].isdigit()}
+    programs = {t: by_channel[c] for t, c in channels.items() if c in by_channel and c != 10}
     playing = [w[2] for w in (line.split(None, 3) for line in seqs.splitlines())
                if len(w) == 4 and w[:2] == ["VJ", "SEQ"] and re.sub(r"[{}\sz]", "", w[3])]
     # A pitched track silent through 8 probe bars is too sparse to rely on for a family.
@@ -472,6 +494,8 @@ def _try_groove(plan: SongPlan, groove: Groove, out_dir: Path, timeout: float) -
     info = probe_groove(groove, timeout)
     if info.time != 4 or info.timesig != "4/4":
         raise SynthError(f"meter {info.timesig} ({info.time} beats); vaejam plays 4/4 only")
+    if all(track_type(t) == "DRUM" for t in info.tracks):
+        raise SynthError("drums only: no pitched part to learn from")
     parts = assign_parts(info.tracks)
     final = out_dir / "midi" / plan.split / midi_name(plan.index, groove)
     tmp = final.with_name(f".{final.name}.tmp")
