@@ -146,3 +146,18 @@ def test_cli_runs_synth_and_rejects_bad_values(tmp_path: Path, capsys: pytest.Ca
     assert main(["data", "synth", "--out", str(tmp_path / "e"), "--songs", "1", "--seed", "1"]) == 2
     assert (tmp_path / "e" / "thesis.tex").read_text() == "precious"
     assert np.load(tmp_path / "c" / "bars-train.npz")["bars"].shape[1:] == (5, 32, 128)
+
+
+def test_every_added_part_variant_renders_and_plays(tmp_path: Path) -> None:
+    """vaejam's own parts, each variant: MMA accepts them and every family plays in every bar."""
+    from training.synth import ADDED_TRACKS, Parts, _render
+
+    plan = plan_corpus(scan_grooves(), 1, seed=1, n_bars=4, valid_fraction=0.0)[0]
+    groove = Groove("stdlib", "50srock", "50sRock")
+    for variant in range(max(len(v) for v in ADDED_TRACKS.values())):
+        variants = tuple((f, min(variant, len(v) - 1)) for f, v in ADDED_TRACKS.items())
+        song_plan = plan.__class__(**{**plan.__dict__, "variants": variants})
+        script_parts = Parts(families={}, added=INSTRUMENTS)
+        bars = _render(song_plan, groove, script_parts, tmp_path / f"v{variant}.mid", 60.0)
+        rates = nonempty_bar_rates(bars)
+        assert all(rate == 1.0 for rate in rates.values()), (variant, rates)

@@ -316,20 +316,51 @@ def track_type(track: str) -> str:
 # What a track type plays when its voice is one LPD-5 drops (synth effects, sound effects).
 _TYPE_FAMILY = {"WALK": "bass", "BASS": "bass", "CHORD": "piano", "PLECTRUM": "guitar",
                 "ARPEGGIO": "guitar", "SCALE": "strings", "ARIA": "strings"}
-# Parts added when a groove has no track for a family (MMA pattern syntax: offset duration volume;
-# bass patterns add a scale note before the volume).
-ADDED_TRACKS: dict[str, str] = {
-    "piano": "Begin Chord-VjPiano\n Sequence {1 4 85; 2.5 8 70; 3 4 80; 4.5 8 70}\n Voicing Mode=Optimal\n"
-             " Octave 5\n Articulate 90\n Volume mf\nEnd\n",
-    "guitar": "Begin Arpeggio-VjGuitar\n Sequence {1 8 80; 1.5 8 65; 2 8 75; 2.5 8 65; 3 8 80; 3.5 8 65;"
-              " 4 8 75; 4.5 8 65}\n Octave 4\n Range 2\n Direction Up\n Articulate 90\n Volume mp\nEnd\n",
-    "strings": "Begin Chord-VjStrings\n Sequence {1 1 80}\n Voicing Mode=Optimal\n Octave 5\n"
-               " Articulate 100\n Unify On\n Volume p\nEnd\n",
-    "bass": "Begin Bass-VjBass\n Sequence {1 4 1 90; 3 4 5 85}\n Octave 3\n Articulate 90\n Volume mf\nEnd\n",
-    "drums": "Begin Drum-VjKick\n Tone KickDrum1\n Sequence {1 0 90; 3 0 85}\n Volume mf\nEnd\n"
-             "Begin Drum-VjSnare\n Tone SnareDrum1\n Sequence {2 0 85; 4 0 85}\n Volume mf\nEnd\n"
-             "Begin Drum-VjHat\n Tone ClosedHiHat\n Sequence {1 0 70; 1.5 0 50; 2 0 70; 2.5 0 50; 3 0 70;"
-             " 3.5 0 50; 4 0 70; 4.5 0 50}\n Volume mp\nEnd\n",
+# Parts added when a groove has no track for a family, a few variants each so added parts are not
+# one pattern in every song. MMA pattern syntax: offset (beat) duration (note value) volume; bass
+# patterns put a scale degree before the volume; drum durations are 0.
+_EIGHTHS = "; ".join(f"{b}{h} 8 {v}" for b in "1234" for h, v in (("", 80), (".5", 65)))
+ADDED_TRACKS: dict[str, tuple[str, ...]] = {
+    "piano": (  # comping
+        "Begin Chord-VjPiano\n Sequence {1 4 85; 2.5 8 70; 3 4 80; 4.5 8 70}\n Voicing Mode=Optimal\n"
+        " Octave 5\n Articulate 90\n Volume mf\nEnd\n",
+        "Begin Chord-VjPiano\n Sequence {1 2 85; 3 2 80}\n Voicing Mode=Optimal\n Octave 5\n"
+        " Articulate 95\n Volume mf\nEnd\n",
+        "Begin Chord-VjPiano\n Sequence {1 4. 85; 2.5 8 75; 4 4 75}\n Voicing Mode=Optimal\n Octave 5\n"
+        " Articulate 85\n Volume mf\nEnd\n",
+    ),
+    "guitar": (  # arpeggios, or a backbeat strum
+        f"Begin Arpeggio-VjGuitar\n Sequence {{{_EIGHTHS}}}\n Octave 4\n Range 2\n Direction Up\n"
+        " Articulate 90\n Volume mp\nEnd\n",
+        f"Begin Arpeggio-VjGuitar\n Sequence {{{_EIGHTHS}}}\n Octave 4\n Range 1\n Direction Both\n"
+        " Articulate 90\n Volume mp\nEnd\n",
+        "Begin Chord-VjGuitar\n Sequence {2 8 80; 4 8 80}\n Voicing Mode=Optimal\n Octave 4\n Strum 10\n"
+        " Articulate 80\n Volume mp\nEnd\n",
+    ),
+    "strings": (  # held chords
+        "Begin Chord-VjStrings\n Sequence {1 1 80}\n Voicing Mode=Optimal\n Octave 5\n"
+        " Articulate 100\n Unify On\n Volume p\nEnd\n",
+        "Begin Chord-VjStrings\n Sequence {1 2 80; 3 2 75}\n Voicing Mode=Optimal\n Octave 5\n"
+        " Articulate 100\n Volume p\nEnd\n",
+    ),
+    "bass": (  # root-fifth, driving eighths, walking
+        "Begin Bass-VjBass\n Sequence {1 2 1 90; 3 2 5 85}\n Octave 3\n Articulate 90\n Volume mf\nEnd\n",
+        "Begin Bass-VjBass\n Sequence {" + "; ".join(f"{b}{h} 8 1 {v}" for b in "1234" for h, v in
+                                                     (("", 90), (".5", 70))) + "}\n Octave 3\n"
+        " Articulate 80\n Volume mf\nEnd\n",
+        "Begin Walk-VjBass\n Sequence {1 4 90; 2 4 80; 3 4 85; 4 4 80}\n Octave 3\n Articulate 90\n"
+        " Volume mf\nEnd\n",
+    ),
+    "drums": (  # straight eighths, swing ride
+        "Begin Drum-VjKick\n Tone KickDrum1\n Sequence {1 0 90; 3 0 85}\n Volume mf\nEnd\n"
+        "Begin Drum-VjSnare\n Tone SnareDrum1\n Sequence {2 0 85; 4 0 85}\n Volume mf\nEnd\n"
+        "Begin Drum-VjHat\n Tone ClosedHiHat\n Sequence {" + "; ".join(
+            f"{b}{h} 0 {v}" for b in "1234" for h, v in (("", 70), (".5", 50))) + "}\n Volume mp\nEnd\n",
+        "Begin Drum-VjRide\n Tone RideCymbal1\n Sequence {1 0 80; 2 0 70; 2.66 0 55; 3 0 80; 4 0 70;"
+        " 4.66 0 55}\n Volume mp\nEnd\n"
+        "Begin Drum-VjKick\n Tone KickDrum1\n Sequence {1 0 70; 3 0 60}\n Volume mp\nEnd\n"
+        "Begin Drum-VjPedal\n Tone PedalHiHat\n Sequence {2 0 70; 4 0 70}\n Volume mp\nEnd\n",
+    ),
 }
 
 
@@ -391,6 +422,7 @@ class SongPlan:
     n_bars: int
     mma_seed: int
     programs: tuple[tuple[str, int], ...]  # (family, GM program), drums excluded
+    variants: tuple[tuple[str, int], ...]  # (family, index into ADDED_TRACKS) if vaejam adds that part
 
     @property
     def key(self) -> str:
@@ -440,6 +472,7 @@ def plan_corpus(
             tempo=int(rng.integers(TEMPO_RANGE[0], TEMPO_RANGE[1] + 1)), n_bars=n_bars,
             mma_seed=int(rng.integers(1, 2**31 - 1)),
             programs=tuple((f, int(rng.choice(p))) for f, p in PROGRAMS.items()),
+            variants=tuple((f, int(rng.integers(len(v)))) for f, v in ADDED_TRACKS.items()),
         ))
     return plans
 
@@ -454,7 +487,7 @@ def song_script(plan: SongPlan, groove: Groove, parts: Parts) -> str:
             lines.append(f"{track} Voice {programs[family]}")
     text = "\n".join(lines) + "\n"
     for family in parts.added:
-        block = ADDED_TRACKS[family]
+        block = ADDED_TRACKS[family][dict(plan.variants)[family]]
         text += block if family == "drums" else block.replace("\nEnd\n", f"\n Voice {programs[family]}\nEnd\n")
     chords = chart(plan.progression, plan.tonic, plan.n_bars)
     return text + "".join(f"{bar + 1} {line}\n" for bar, line in enumerate(chords))
@@ -513,7 +546,7 @@ def _try_groove(plan: SongPlan, groove: Groove, out_dir: Path, timeout: float) -
     os.replace(tmp, final)
     meta = {"file": str(final.relative_to(out_dir)), "split": plan.split, "groove": groove.name,
             "style": groove.style, "key": plan.key, "progression": plan.progression.name,
-            "tempo": plan.tempo, "n_bars": plan.n_bars, "added_parts": list(parts.added)}
+            "tempo": plan.tempo, "n_bars": plan.n_bars, "added_parts": [f"{f}/{dict(plan.variants)[f]}" for f in parts.added]}
     return RenderedSong(meta=meta, bars=to_uint8(bars))
 
 
