@@ -3,10 +3,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from models.bars import INSTRUMENTS, song_to_midi
 from models.checkpoint import save_band_model
 from models.networks import BandConfig, BandModel
+
+# One intra-op thread: the suite shares 2 cores with JACK and daemon subprocesses, and torch's
+# spinning worker threads slow everything down when cores are busy.
+torch.set_num_threads(1)
 
 TINY = BandConfig(latent=8, channels=(8, 16, 32), hidden=32)
 
@@ -42,10 +47,18 @@ def song_file(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> str:
-    """A real (untrained, seeded) model on disk in the shipped format."""
-    import torch
+    """A real (untrained, seeded) model on disk in the shipped format.
 
+    Its decoders are scaled so that bars straddle the density thresholds and depend on the
+    latent, as a trained model's do, instead of every cell sitting near sigmoid(0) = 0.5.
+    """
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("model")
-    save_band_model(BandModel(TINY), path)
+    model = BandModel(TINY)
+    with torch.no_grad():
+        for vae in model.vaes.values():
+            vae.decoder[-1].bias.fill_(-1.5)
+            vae.decoder[-1].weight.mul_(40)
+            vae.decoder[2].weight.mul_(4)
+    save_band_model(model, path)
     return str(path)

@@ -1,0 +1,88 @@
+"""Training: a short real run lowers the losses; checkpoints resume exactly; bad arguments."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from bridge.cli import main
+from models.checkpoint import load_band_model
+from tests.conftest import TINY, band_song
+from training.corpus import split_path, write_corpus
+import training.train
+from training.train import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory) -> str:
+    root = tmp_path_factory.mktemp("corpus")
+    rng = np.random.default_rng(0)
+    for split, n_songs in (("train", 6), ("valid", 2)):
+        songs = []
+        for i in range(n_songs):
+            bars = np.roll(band_song(8), int(rng.integers(-3, 4)), axis=-1)  # other keys
+            songs.append((f"{split}{i}", np.rint(bars * 127).astype(np.uint8)))
+        write_corpus(split_path(root, split), songs)
+    return str(root)
+
+
+def config(corpus_dir, out, **changes) -> TrainConfig:
+    base = TrainConfig(data=corpus_dir, out=str(out), vae_epochs=6, nn_epochs=6, batch_size=8,
+                       lr=3e-3, model=TINY.to_dict())
+    return replace(base, **changes)
+
+
+def losses(history, stage, split="valid"):
+    return [sum(v for k, v in h[split].items() if k.startswith("loss")) for h in history if h["stage"] == stage]
+
+
+def test_training_lowers_every_loss(corpus_dir, tmp_path):
+    report = train(config(corpus_dir, tmp_path))
+    history = json.loads((tmp_path / "training_log.json").read_text())["history"]
+    for stage in ("vae", "melody", "conditional"):
+        curve = losses(history, stage, "train")
+        assert curve[-1] < curve[0], (stage, curve)
+    assert set(report["valid"]) == {"vae", "melody", "conditional"}
+    assert all(0 <= report["valid"]["vae"][f"f1/{i}"] <= 1 for i in ("piano", "drums"))
+    load_band_model(tmp_path)  # the result is a loadable model
+    assert (tmp_path / "training.png").stat().st_size > 1000
+
+
+def test_resume_continues_exactly(corpus_dir, tmp_path, monkeypatch):
+    straight = tmp_path / "straight"
+    train(config(corpus_dir, straight, vae_epochs=3, nn_epochs=2))
+    resumed = tmp_path / "resumed"
+    saves = []
+    real_save = training.train.save_state
+
+    def save_then_die(*args):  # the process is killed right after the 2nd epoch's checkpoint
+        real_save(*args)
+        saves.append(1)
+        if len(saves) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training.train, "save_state", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(corpus_dir, resumed, vae_epochs=3, nn_epochs=2))
+    monkeypatch.setattr(training.train, "save_state", real_save)
+    train(config(corpus_dir, resumed, vae_epochs=3, nn_epochs=2))  # picks up at VAE epoch 3
+    a, b = load_band_model(straight).state_dict(), load_band_model(resumed).state_dict()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], msg=name)
+
+
+def test_cli_refuses_to_overwrite_a_run(corpus_dir, tmp_path, capsys):
+    args = ["train", "--data", corpus_dir, "--out", str(tmp_path), "--vae-epochs", "1", "--nn-epochs", "1",
+            "--channels", "8,16,32", "--latent", "8", "--device", "cpu"]
+    assert main(args) == 0
+    assert main(args) == 2
+    assert "add --resume" in capsys.readouterr().err
+    assert main(args + ["--resume"]) == 0
+
+
+def test_cli_bad_corpus(tmp_path, capsys):
+    assert main(["train", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "m")]) == 2
+    assert "no such corpus" in capsys.readouterr().err
