@@ -49,6 +49,8 @@ def apis_to_try(choice: str, platform: str = sys.platform, has_alsa_seq: bool | 
     if platform.startswith("linux"):
         if has_alsa_seq is None:
             has_alsa_seq = os.path.exists("/dev/snd/seq")
+            if not has_alsa_seq:
+                log.info("no ALSA sequencer (/dev/snd/seq): using JACK MIDI")
         # No sequencer device (containers, servers): ALSA would fail, go straight to JACK.
         return ["LINUX_ALSA", "UNIX_JACK"] if has_alsa_seq else ["UNIX_JACK"]
     if platform == "darwin":
@@ -269,6 +271,7 @@ class PortOptions:
     in_port: str | None = None  # open this existing port instead of a virtual `vaejam in`
     out_port: str | None = None  # send to this existing port instead of a virtual `vaejam out`
     port_per_instrument: bool = False  # `vaejam guitar`, `vaejam bass`, ... instead of one out port
+    client_name: str = "vaejam"  # the ALSA/JACK client name (JACK numbers repeats: vaejam-01, ...)
 
 
 class MidiIO:
@@ -291,6 +294,7 @@ class MidiIO:
         self.outputs: dict[str, BaseOutput] = {}  # port key -> port; _lock
         self._routes: dict[str, str] = {}  # instrument -> port key; fixed after open
         self.send_errors = CountedLog(log)
+        self._input_closed_for_good = False  # close_input() was called: the watcher must not reopen it
         self._open_all()
 
     def _open_all(self) -> None:
@@ -303,7 +307,7 @@ class MidiIO:
             except MidiPortError as err:
                 self.close()
                 errors.append(str(err))
-                log.info("MIDI API %s unavailable (%s); trying the next one", api, err)
+                log.info("MIDI API %s unavailable (%s)", api, err)
         raise MidiPortError("no MIDI API could open the ports: " + "; ".join(errors))
 
     def _open_with(self, api: str) -> None:
@@ -312,33 +316,49 @@ class MidiIO:
             raise MidiPortError(f"{api} has no virtual ports: pass --in-port and --out-port (e.g. loopMIDI names)")
         self.input = self._open_input(api)
         if opts.out_port is not None:
-            self.outputs["out"] = RtMidiOutput(opts.out_port, api, virtual=False)
+            self.outputs["out"] = RtMidiOutput(opts.out_port, api, virtual=False, client_name=opts.client_name)
             self._routes = {i: "out" for i in self._instruments}
         elif opts.port_per_instrument:
             for instrument in self._instruments:
-                self.outputs[instrument] = RtMidiOutput(f"vaejam {instrument}", api)
+                self.outputs[instrument] = RtMidiOutput(f"vaejam {instrument}", api, client_name=opts.client_name)
             self._routes = {i: i for i in self._instruments}
         else:
-            self.outputs["out"] = RtMidiOutput(OUT_PORT_NAME, api)
+            self.outputs["out"] = RtMidiOutput(OUT_PORT_NAME, api, client_name=opts.client_name)
             self._routes = {i: "out" for i in self._instruments}
 
     def _open_input(self, api: str) -> BaseInput:
+        client = self.options.client_name
         if self.options.in_port is None:
-            return RtMidiInput(IN_PORT_NAME, self._handler, api, clock=self._clock)
-        return RtMidiInput(self.options.in_port, self._handler, api, virtual=False, clock=self._clock)
+            return RtMidiInput(IN_PORT_NAME, self._handler, api, client_name=client, clock=self._clock)
+        return RtMidiInput(self.options.in_port, self._handler, api, virtual=False, client_name=client,
+                           clock=self._clock)
 
     @property
-    def port_names(self) -> list[str]:
+    def input_name(self) -> str:
         with self._lock:
-            names = [self.input.name] if self.input is not None else []
-            return names + [port.name for port in self.outputs.values()]
+            return self.input.name if self.input is not None else self.options.in_port or ""
+
+    @property
+    def output_names(self) -> list[str]:
+        with self._lock:
+            return [port.name for port in self.outputs.values()]
+
+    def close_input(self) -> None:
+        """Stop hearing MIDI (shutdown: first, so no clock tick schedules notes after the panic)."""
+        self._input_closed_for_good = True
+        with self._lock:
+            port, self.input = self.input, None
+        if port is not None:
+            port.close()
 
     def send(self, instrument: str, msg: mido.Message) -> None:
         """Route to the instrument's port; a vanished port drops the message (counted), never raises."""
         with self._lock:
-            port = self.outputs.get(self._routes.get(instrument, ""))
+            # instruments without a route of their own (e.g. panic CCs for the piano) use `vaejam out`
+            port = self.outputs.get(self._routes.get(instrument, "out"))
         if port is None or port.closed:
-            self.send_errors.event("no_port", f"no open MIDI output for {instrument}: dropping notes until it is back")
+            if instrument in self._routes:
+                self.send_errors.event("no_port", f"no open MIDI output for {instrument}: dropping notes until it is back")
             return
         try:
             port.send(msg)
@@ -347,7 +367,7 @@ class MidiIO:
 
     def poll_reconnect(self) -> None:
         """Reopen a port opened by name whose peer went away and came back; close one that vanished."""
-        if self.options.in_port is not None:
+        if self.options.in_port is not None and not self._input_closed_for_good:
             self._watch_input()
         if self.options.out_port is not None:
             self._watch_output()
@@ -384,7 +404,7 @@ class MidiIO:
             port.close()
         elif port is None and present:
             try:
-                reopened = RtMidiOutput(wanted, self.api, virtual=False)
+                reopened = RtMidiOutput(wanted, self.api, virtual=False, client_name=self.options.client_name)
             except MidiPortError as err:
                 log.warning("MIDI output %r is back but failed to open: %s", wanted, err)
                 return

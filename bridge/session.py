@@ -27,7 +27,7 @@ import numpy as np
 from bridge.clock import (
     TICKS_PER_BAR, TICKS_PER_STEP, CountedLog, InternalClock, MidiClockFollower, TICKS_PER_BEAT,
 )
-from models.bars import BAND, N_PITCHES, STEPS_PER_BAR, Note, roll_to_notes
+from models.bars import BAND, N_PITCHES, STEPS_PER_BAR, Note
 from models.controls import Controls
 
 log = logging.getLogger(__name__)
@@ -96,6 +96,19 @@ class PianoNote:
 _SENTINEL = object()
 
 
+def roll_notes(roll: np.ndarray) -> tuple[Note, ...]:
+    """models.bars.roll_to_notes without its per-pitch Python loop (10 ms -> well under 1 ms a bar,
+    which matters inside the lookahead window); the same notes in the same order (tested)."""
+    on = np.zeros((roll.shape[1], roll.shape[0] + 2), bool)  # (pitch, T + 2): pitch-major, padded
+    on[:, 1:-1] = (roll > 0).T
+    change = np.diff(on.astype(np.int8), axis=1)
+    pitches, starts = np.nonzero(change == 1)  # pitch-major order: each start pairs with the next end
+    _, ends = np.nonzero(change == -1)
+    velocities = np.clip(np.rint(roll[starts, pitches] * 127), 1, 127).astype(int)
+    order = np.lexsort((pitches, starts))
+    return tuple(Note(int(starts[i]), int(ends[i]), int(pitches[i]), int(velocities[i])) for i in order)
+
+
 class InferenceWorker(threading.Thread):
     """Runs the engine (and the recorder's file writes) off the MIDI and clock threads, in order.
 
@@ -122,6 +135,24 @@ class InferenceWorker(threading.Thread):
             if job is _SENTINEL:
                 return
             self._process(job)
+
+    def warm(self, timeout: float = 30.0) -> None:
+        """Run the engine's warm-up on this thread and wait for it: the first step on a new thread
+        pays torch's per-thread set-up (measured 65 ms against 5 ms), which would make bar 1 late."""
+        done = threading.Event()
+
+        def warm() -> None:
+            try:
+                warmup = getattr(self.engine, "warmup", None)
+                if warmup is not None:
+                    warmup()
+            finally:
+                done.set()
+
+        self.submit(warm)
+        if not self.is_alive():
+            self.drain()
+        done.wait(timeout)
 
     def drain(self) -> int:
         """Run the queued jobs on the calling thread (when the thread was not started); how many ran."""
@@ -156,9 +187,9 @@ class InferenceWorker(threading.Thread):
             piano = self._predicted if self._predicted is not None else np.zeros((STEPS_PER_BAR, N_PITCHES), np.float32)
         out = self.engine.step(piano)  # (5, 32, 128): predicted piano, then the band
         self._predicted = out[0]
-        # Notes are made here, not on the clock thread: roll_to_notes costs milliseconds in Python.
-        parts = {"piano": tuple(roll_to_notes(out[0]))}
-        parts.update({name: tuple(roll_to_notes(out[i])) for i, name in enumerate(BAND, start=1)})
+        # Notes are made here, not on the clock thread.
+        parts = {"piano": roll_notes(out[0])}
+        parts.update({name: roll_notes(out[i]) for i, name in enumerate(BAND, start=1)})
         return BarResult(job.serial, parts, job.controls, (self._clock() - started) * 1000)
 
     def stop(self, block: bool = True) -> None:
@@ -236,6 +267,8 @@ class LiveSession:
         self._bar_abs = 0  # absolute clock bar of the bar in progress; _lock
         self._last_tick = 0  # last tick of the active source and its time; _lock
         self._last_t = 0.0  # _lock
+        self._downbeat_t = 0.0  # time of the last downbeat's tick; _lock
+        self._handover_t = 0.0  # time of the last hand-over to the worker; _lock
         self._open: dict[int, tuple[int, int]] = {}  # pitch -> (serial start step, velocity); _lock
         self._closed: list[PianoNote] = []  # piano notes of recent bars; _lock
         self._sustain = False  # sustain pedal down; _lock
@@ -260,7 +293,9 @@ class LiveSession:
 
     # ---- lifetime ----------------------------------------------------------------------------
     def start(self) -> None:
-        """Start the internal clock's transport so the band answers even before a DAW clock comes."""
+        """Warm the worker, then start the internal clock's transport so the band answers even before
+        a DAW clock comes."""
+        self.worker.warm()
         if self.options.record_dir is not None:
             self._start_take(self.options.record_dir)
         self.internal.start_transport(0)
@@ -422,6 +457,7 @@ class LiveSession:
     def _downbeat(self, bar_abs: int, step: int) -> None:
         """A new bar: play the generated bar if it is ready, else count it late."""
         self._serial += 1
+        self._downbeat_t = self._last_t
         self._bar_abs = bar_abs
         oldest = (self._serial - 2) * STEPS_PER_BAR
         self._closed = [n for n in self._closed if n.end > oldest]
@@ -431,7 +467,8 @@ class LiveSession:
                 self._play(ready, step)
             else:
                 self._counters.late_bars += 1
-                self._errors.event("late", f"bar {self._serial} was not ready at its downbeat: playing nothing new")
+                self._errors.event("late", f"bar {self._serial} was not ready at its downbeat: playing nothing new "
+                                   f"(handed over {(self._last_t - self._handover_t) * 1000:.1f} ms before)")
         self._expected, self._ready = None, None
         self._flush_take()
 
@@ -463,6 +500,7 @@ class LiveSession:
             self._counters.rest_bars += 1
             return
         self._expected = self._serial + 1
+        self._handover_t = self._last_t
         self.worker.submit(InferJob(self._serial + 1, piano, self._staged))
 
     def _on_result(self, result: BarResult) -> None:
@@ -472,6 +510,10 @@ class LiveSession:
             self._counters.bars_generated += 1
             if result.serial == self._expected:
                 self._ready = result
+            elif result.serial == self._serial and self._running:
+                late_ms = (self._clock() - self._downbeat_t) * 1000
+                self._errors.event("late_result", f"bar {result.serial} was ready {late_ms:.1f} ms after its "
+                                   f"downbeat (inference {result.inference_ms:.1f} ms)")
 
     def _tempo(self) -> float:
         bpm = self.follower.bpm if self._source == "midi" else self.internal.bpm
@@ -583,6 +625,8 @@ class LiveSession:
                 self.internal.stop_transport()
         elif name == "panic":
             self.panic()
+        elif name == "status":
+            pass  # the OSC server replies with status() itself
         elif name == "note":
             pitch, velocity = int(args[0]), int(args[1])
             if velocity > 0:

@@ -12,8 +12,11 @@ import numpy as np
 import pytest
 
 from bridge.scheduler import DEFAULT_CHANNELS, NoteScheduler
-from bridge.session import LiveSession, SessionOptions
-from models.bars import BAND, INSTRUMENTS, N_PITCHES, STEPS_PER_BAR, Note
+from hypothesis import given, settings, strategies as st
+from hypothesis.extra.numpy import arrays
+
+from bridge.session import LiveSession, SessionOptions, roll_notes
+from models.bars import BAND, INSTRUMENTS, N_PITCHES, STEPS_PER_BAR, Note, roll_to_notes
 from models.controls import Controls
 
 BPM = 120.0
@@ -376,3 +379,10 @@ def test_options_are_validated() -> None:
         SessionOptions(lookahead_steps=0)
     with pytest.raises(ValueError, match="autopilot"):
         SessionOptions(autopilot=-1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(arrays(np.float32, (STEPS_PER_BAR, N_PITCHES),
+              elements=st.sampled_from([0.0, 0.0, 0.0, 0.3, 1 / 127, 0.5, 1.0])))
+def test_fast_note_extraction_matches_roll_to_notes(roll: np.ndarray) -> None:
+    assert list(roll_notes(roll)) == roll_to_notes(roll)

@@ -1,0 +1,247 @@
+"""`vaejam run`: the resident daemon a pianist jams with.
+
+Start-up order matters: the model is loaded and warmed before any port opens (a bad model is one
+line and exit 2, and the first bar is not slow); the session exists before the ports, so the first
+MIDI byte has somewhere to go; the "ready" line is printed last. Shutdown runs the other way: the
+input closes first (no clock tick can schedule notes after the panic), then every note is released,
+the take finalised, and the outputs closed.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import mido
+import numpy as np
+
+from bridge.midi_io import API_CHOICES, MidiIO, MidiPortError, PortOptions, channel_map
+from bridge.scheduler import DEFAULT_CHANNELS, NoteScheduler
+from bridge.session import LiveSession, SessionOptions
+from models.bars import BAND, N_PITCHES, STEPS_PER_BAR
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OSC_PORT = 9000
+TIMEOUT_CHECK_S = 0.1  # how often a vanished MIDI clock is looked for
+RECONNECT_CHECK_S = 1.0  # how often named peer ports are looked for
+GIL_SWITCH_S = 0.001
+TORCH_THREADS = 1  # the MIDI thread waits at most ~1 ms for the GIL held by the inference worker
+
+
+class StartupError(Exception):
+    """Start-up cannot go on (model, device, ports, OSC address): one line, exit 2."""
+
+
+def register_cli(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("run", help="start the live band daemon (MIDI/OSC in, band out)",
+                              description="Start the live band: hears the piano on `vaejam in` (or OSC), "
+                              "plays guitar/bass/strings/drums on `vaejam out`, in time with the DAW's clock.")
+    p.add_argument("--model", metavar="DIR", help="model directory (default: the shipped models/default)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto: the faster of cpu/cuda, timed at start-up (default: auto)")
+    p.add_argument("--midi-api", choices=API_CHOICES, default="auto",
+                   help="auto: the platform's own MIDI (ALSA/CoreMIDI), then JACK (default: auto)")
+    p.add_argument("--in-port", metavar="NAME", help="read the piano from this existing port (e.g. loopMIDI)")
+    p.add_argument("--out-port", metavar="NAME", help="send the band to this existing port")
+    p.add_argument("--port-per-instrument", action="store_true",
+                   help="one output port per instrument (`vaejam guitar`, ...) instead of `vaejam out`")
+    p.add_argument("--client-name", default="vaejam", metavar="NAME",
+                   help="MIDI client name, to tell two daemons apart (default: vaejam)")
+    p.add_argument("--channels", default="", metavar="NAME=CH,...",
+                   help="MIDI channels 1-16 (default: guitar=2,bass=3,strings=4,drums=10,piano=1)")
+    p.add_argument("--echo-piano", action="store_true", help="also play the band's predicted piano")
+    p.add_argument("--bpm", type=float, default=120.0, help="internal clock tempo when no MIDI clock comes (120)")
+    p.add_argument("--osc-host", default="127.0.0.1", help="OSC address to listen on (default: 127.0.0.1)")
+    p.add_argument("--osc-port", type=int, default=DEFAULT_OSC_PORT, help="OSC UDP port (default: 9000; 0 = any)")
+    p.add_argument("--record", metavar="DIR", help="record takes (.mid, flushed every bar) into DIR from the start")
+    p.add_argument("--lookahead-steps", type=int, default=1,
+                   help="start generating the next bar this many 32nd-steps before the downbeat (default: 1)")
+    p.add_argument("--autopilot", type=int, default=4,
+                   help="bars the band plays on after the pianist stops; 0 = off (default: 4)")
+    p.set_defaults(func=run_command)
+
+
+@dataclass
+class Daemon:
+    """Everything a running daemon holds, for an orderly shutdown."""
+
+    session: LiveSession
+    midi: MidiIO
+    osc: object
+    housekeeper: "Housekeeper"
+
+    def shutdown(self) -> None:
+        self.housekeeper.stop(block=True)
+        self.osc.stop(block=True)  # type: ignore[attr-defined]
+        self.midi.close_input()  # no more clock ticks: nothing can be scheduled after the panic
+        self.session.close()  # note-offs + CC 123, take finalised, worker ended
+        self.midi.close()
+
+
+class Housekeeper(threading.Thread):
+    """Periodic checks off the MIDI thread: a MIDI clock that stopped arriving, named ports that came back."""
+
+    def __init__(self, session: LiveSession, midi: MidiIO, clock: Callable[[], float] = time.perf_counter) -> None:
+        super().__init__(name="vaejam-housekeeper", daemon=True)
+        self._session = session
+        self._midi = midi
+        self._clock = clock
+        self._halt = threading.Event()  # set by stop()
+
+    def run(self) -> None:
+        next_reconnect = self._clock() + RECONNECT_CHECK_S
+        while not self._halt.wait(TIMEOUT_CHECK_S):
+            now = self._clock()
+            self._session.follower.check_timeout(now)
+            if now >= next_reconnect:
+                next_reconnect = now + RECONNECT_CHECK_S
+                try:
+                    self._midi.poll_reconnect()
+                except Exception as err:  # noqa: BLE001 - a port listing hiccup must not end the checks
+                    log.warning("checking MIDI ports failed: %r", err)
+
+    def stop(self, block: bool = True) -> None:
+        self._halt.set()
+        if block and self.is_alive() and threading.current_thread() is not self:
+            self.join()
+
+
+def load_engine(model_dir: str | None, device: str):
+    """(engine, model directory shown to the user); StartupError for a missing or corrupt model."""
+    from models.checkpoint import DEFAULT_MODEL_DIR, CheckpointError, load_band_model
+    from models.engine import BandEngine
+    from models.style import load_style_banks
+
+    where = model_dir or str(DEFAULT_MODEL_DIR)
+    try:
+        model = load_band_model(model_dir)
+        styles = load_style_banks(model_dir, model)
+    except (CheckpointError, OSError) as err:
+        raise StartupError(f"cannot load the model: {err}") from err
+    chosen = pick_device(model, styles, device)
+    engine = BandEngine(model, styles, chosen)
+    engine.warmup()
+    return engine, where, chosen
+
+
+def pick_device(model, styles, choice: str, steps: int = 20) -> str:
+    """'auto': time a few bars on each device and keep the faster (a small model is often faster on CPU)."""
+    import torch
+
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise StartupError("--device cuda: no CUDA device is available (use --device cpu or auto)")
+    if choice != "auto":
+        return choice
+    if not torch.cuda.is_available():
+        return "cpu"
+    timings = {device: _median_step_ms(model, styles, device, steps) for device in ("cpu", "cuda")}
+    best = min(timings, key=timings.get)
+    log.info("device auto: median step %s -> %s", ", ".join(f"{d} {ms:.2f} ms" for d, ms in timings.items()), best)
+    model.to("cpu")
+    return best
+
+
+def _median_step_ms(model, styles, device: str, steps: int) -> float:
+    from models.engine import BandEngine
+
+    engine = BandEngine(model, styles, device)
+    engine.warmup()
+    rng = np.random.default_rng(0)
+    times = []
+    for _ in range(steps):
+        bar = (rng.random((STEPS_PER_BAR, N_PITCHES)) > 0.97).astype(np.float32) * 0.7
+        started = time.perf_counter()
+        engine.step(bar)
+        times.append((time.perf_counter() - started) * 1000)
+    return float(np.median(times))
+
+
+class _LateSend:
+    """The scheduler's send function, bound to the ports once they are open."""
+
+    def __init__(self) -> None:
+        self.midi: MidiIO | None = None  # set once, before any clock can tick
+
+    def __call__(self, instrument: str, msg: mido.Message) -> None:
+        if self.midi is not None:
+            self.midi.send(instrument, msg)
+
+
+def start_daemon(args: argparse.Namespace) -> Daemon:
+    """Load, warm, open, listen; StartupError for anything the user must fix."""
+    from bridge.osc_server import OscServer
+
+    try:
+        channels = channel_map(args.channels, DEFAULT_CHANNELS)
+        options = SessionOptions(lookahead_steps=args.lookahead_steps, autopilot=args.autopilot,
+                                 echo_piano=args.echo_piano, bpm=args.bpm, record_dir=args.record)
+        from bridge.clock import check_bpm
+        check_bpm(args.bpm)
+    except (TypeError, ValueError) as err:
+        raise StartupError(str(err)) from err
+    engine, _, _ = load_engine(args.model, args.device)
+    send = _LateSend()
+    session = LiveSession(engine, NoteScheduler(send, channels), options)
+    instruments = (*BAND, "piano") if args.echo_piano else BAND
+    try:
+        midi = MidiIO(PortOptions(args.midi_api, args.in_port, args.out_port, args.port_per_instrument,
+                                  args.client_name),
+                      session.on_midi, instruments)
+    except (MidiPortError, ValueError) as err:
+        session.close()
+        raise StartupError(str(err)) from err
+    send.midi = midi
+    try:
+        osc = OscServer(session, args.osc_host, args.osc_port)
+        osc.start()
+    except OSError as err:
+        midi.close()
+        session.close()
+        raise StartupError(f"cannot listen for OSC on {args.osc_host}:{args.osc_port}: {err}") from err
+    session.extra_status = lambda: {**midi.counters(), **{f"osc_{k}": v for k, v in osc.counters.items()}}
+    housekeeper = Housekeeper(session, midi)
+    session.start()
+    housekeeper.start()
+    return Daemon(session, midi, osc, housekeeper)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    sys.setswitchinterval(GIL_SWITCH_S)
+    import torch
+
+    # One intra-op thread: a bar is small, and on a busy 2-core machine a second torch thread spins
+    # against the MIDI thread (measured: median step 6 ms with one thread, 100 ms with two under load).
+    torch.set_num_threads(TORCH_THREADS)
+    stop = threading.Event()  # set by SIGINT/SIGTERM
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        daemon = start_daemon(args)
+    except StartupError as err:
+        print(f"vaejam run: error: {err}", file=sys.stderr)
+        return 2
+    host, port = daemon.osc.address  # type: ignore[attr-defined]
+    worker_engine = daemon.session.worker.engine
+    print(f"vaejam ready in {time.perf_counter() - started:.2f} s: MIDI in {daemon.midi.input_name!r}, "
+          f"out {', '.join(repr(n) for n in daemon.midi.output_names)} ({daemon.midi.api}); "
+          f"OSC {host}:{port}; model on {getattr(worker_engine, 'device', '?')}", flush=True)
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        daemon.shutdown()
+    print("vaejam stopped: all notes off" + _take_note(daemon.session), flush=True)
+    return 0
+
+
+def _take_note(session: LiveSession) -> str:
+    take = session.status().get("take")
+    return f", take {take}" if take else ""

@@ -1,0 +1,130 @@
+"""The real daemon on real JACK ports: a client plays clock + piano, the band answers in time."""
+from __future__ import annotations
+
+import signal
+import time
+
+import mido
+import numpy as np
+import pytest
+
+from tests.live.conftest import PERIOD_S
+from tests.live.player import chords, first_of_each_step, grid_errors_ms, play, unpaired_notes
+
+pytestmark = [pytest.mark.jack, pytest.mark.slow]
+BAND_CHANNELS = {1, 2, 3, 9}  # guitar 2, bass 3, strings 4, drums 10 (0-based)
+
+
+@pytest.mark.parametrize("bpm", [120.0, 200.0])
+def test_band_answers_on_its_channels_on_the_clock_grid(start_daemon, connect_client, bpm: float) -> None:
+    daemon = start_daemon()
+    client = connect_client(daemon)
+    play(client, bpm, ticks=96 * 4 + 1, notes=chords(3))
+    time.sleep(0.2)
+    ons = client.band("note_on")
+    assert ons, f"the band played nothing; daemon said: {''.join(daemon.stderr)[-2000:]}"
+    assert {r.msg.channel for r in ons} <= BAND_CHANNELS
+    # the band answers bar 0 from bar 1 on: nothing before bar 1's downbeat
+    assert min(r.t for r in ons) >= client.sent_ticks[96]
+    errors = grid_errors_ms(client, first_of_each_step(client, ons))
+    every = grid_errors_ms(client, ons)
+    p50, p99 = np.percentile(errors, [50, 99])
+    print(f"\n{bpm:.0f} BPM: {len(ons)} band note-ons on {len(errors)} steps; step clock -> first note-on "
+          f"p50 {p50:.2f} ms, p99 {p99:.2f} ms, max {errors.max():.2f} ms; every note p99 "
+          f"{np.percentile(every, 99):.2f} ms (JACK period {PERIOD_S * 1000:.2f} ms)")
+    # On the grid: a note's error is two JACK periods (clock in, note out) plus the daemon's time, all
+    # shared by every note, plus jitter; an unloaded machine measures p99 ~11 ms (BENCHMARKS.md has the
+    # frame-accurate numbers). Asserted loosely, since a shared CI machine stretches the dummy driver's
+    # cycles: the jitter stays under half a step (nine notes in ten are heard on their own step; the JACK dummy driver alone
+    # jitters ~28 ms p99 on a loaded 2-core machine, measured with a bare loopback) and no note
+    # comes anywhere near a beat late.
+    step_ms = 60_000.0 / bpm / 8
+    jitter = np.abs(errors - np.median(errors))
+    assert np.percentile(jitter, 90) < step_ms / 2
+    assert p50 < 100.0
+    status = daemon.status()
+    print({k: status[k] for k in ("late_bars", "last_inference_ms", "bars_generated", "bars_scheduled")})
+    assert status["clock_source"] == "midi" and status["late_bars"] == 0, "".join(daemon.stderr)[-3000:]
+    assert daemon.stop() == 0
+    time.sleep(0.1)
+    assert unpaired_notes(client.received) == []
+
+
+def test_osc_mute_takes_effect_at_once_and_noise_sd_is_staged(start_daemon, connect_client) -> None:
+    daemon = start_daemon()
+    client = connect_client(daemon)
+    marks: dict[str, float] = {}
+
+    def mute() -> None:
+        marks["mute"] = time.perf_counter()
+        daemon.osc("/vaejam/mute/drums", 1)
+        daemon.osc("/vaejam/noise_sd", 0.0)
+
+    play(client, 160.0, ticks=96 * 4 + 1, notes=chords(4), at_tick={96 * 2 + 12: mute})
+    time.sleep(0.2)
+    drums = [r for r in client.band("note_on") if r.msg.channel == 9]
+    assert drums and min(r.t for r in drums) < marks["mute"], "drums played before the mute"
+    assert not [r for r in drums if r.t > marks["mute"] + 0.02], "drums played after the mute"
+    status = daemon.status()
+    assert status["mute/drums"] == 1 and status["noise_sd"] == 0.0
+    others = [r for r in client.band("note_on", since=client.sent_ticks[96 * 3]) if r.msg.channel != 9]
+    assert others, "the rest of the band stopped too"
+    assert unpaired_notes([r for r in client.received if r.msg.channel == 9]) == []
+
+
+def test_panic_leaves_nothing_sounding(start_daemon, connect_client) -> None:
+    daemon = start_daemon()
+    client = connect_client(daemon)
+    marks: dict[str, float] = {}
+
+    def panic() -> None:
+        marks["panic"] = time.perf_counter()
+        daemon.osc("/vaejam/panic")
+
+    play(client, 150.0, ticks=96 + 40, notes=chords(2), at_tick={96 + 20: panic})
+    time.sleep(0.2)
+    before = [r for r in client.received if r.t < marks["panic"] + 0.05]
+    assert client.band("note_on"), "nothing played before the panic"
+    assert unpaired_notes(before) == []
+    all_off = {r.msg.channel for r in client.received if r.msg.type == "control_change" and r.msg.control == 123}
+    assert BAND_CHANNELS <= all_off
+    daemon.stop()
+
+
+def test_sigterm_releases_every_note_and_exits_0(start_daemon, connect_client) -> None:
+    daemon = start_daemon()
+    client = connect_client(daemon)
+    play(client, 140.0, ticks=96 + 20, notes=chords(2))
+    assert client.band("note_on")
+    assert daemon.stop(signal.SIGTERM) == 0
+    time.sleep(0.2)
+    assert unpaired_notes(client.received) == []
+    assert any("vaejam stopped" in line for line in daemon.lines)
+
+
+def test_internal_clock_until_a_midi_clock_starts(start_daemon, connect_client) -> None:
+    daemon = start_daemon("--bpm", "150")
+    client = connect_client(daemon)
+    status = daemon.status()
+    assert (status["clock_source"], status["running"], status["tempo"]) == ("internal", 1, 150.0)
+    play(client, 120.0, ticks=48)
+    status = daemon.status()
+    assert status["clock_source"] == "midi" and status["running"] == 1
+    assert abs(status["tempo"] - 120.0) < 3.0
+    daemon.osc("/vaejam/play")
+    time.sleep(0.1)
+    assert daemon.status()["clock_source"] == "internal"
+
+
+def test_osc_notes_play_the_band_on_the_internal_clock(start_daemon, connect_client) -> None:
+    daemon = start_daemon("--bpm", "200")
+    client = connect_client(daemon)
+    deadline = time.monotonic() + 1.3  # over one bar at 200 BPM
+    while time.monotonic() < deadline:
+        daemon.osc("/vaejam/note", 60, 100)
+        time.sleep(0.1)
+        daemon.osc("/vaejam/note", 60, 0)
+        time.sleep(0.05)
+    time.sleep(2.5)
+    assert client.band("note_on"), "no band notes from OSC piano notes"
+    assert daemon.status()["notes_in"] > 0
