@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import sys
 import threading
 import time
 from collections import deque
@@ -236,9 +238,11 @@ class InternalClock(threading.Thread):
     MAX_SLEEP_S = 0.01  # sleep in slices so stop() and tempo changes are seen within 10 ms
 
     def __init__(self, listener: ClockListener, bpm: float = 120.0, now: Clock = time.perf_counter,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep, realtime: bool = False) -> None:
         super().__init__(name="vaejam-internal-clock", daemon=True)
         self._listener = listener
+        self._realtime = realtime  # ask the OS for a real-time (or at least higher) priority in run()
+        self.priority = "normal"  # what run() got: "normal", "SCHED_FIFO" or "nice -10"
         self._now = now
         self._sleep = sleep
         self._halt = threading.Event()  # set by stop(): the thread ends
@@ -297,6 +301,9 @@ class InternalClock(threading.Thread):
             self.join()
 
     def run(self) -> None:
+        if self._realtime:
+            self.priority = _raise_thread_priority()
+            log.debug("internal clock thread priority: %s", self.priority)
         while not self._halt.is_set():
             delay = self.service(self._now())
             if delay is None:
@@ -347,3 +354,28 @@ class InternalClock(threading.Thread):
             getattr(self._listener, name)(tick, t)
         except Exception as err:  # noqa: BLE001 - a listener bug must not kill the clock thread
             self._errors.event(f"listener:{name}", f"clock listener {name} failed: {err!r}", logging.ERROR, True)
+
+
+REALTIME_PRIORITY = 10  # low among real-time priorities: above every normal thread, below audio/JACK (70+)
+
+
+def _raise_thread_priority() -> str:
+    """Best effort, for the calling thread: SCHED_FIFO, else nice -10 (Linux), else nothing.
+
+    On a loaded machine a normal thread can wake several ms late; the clock thread only sleeps and
+    ticks, so a real-time priority costs others nothing. Without the right (CAP_SYS_NICE, rtprio
+    limit) it quietly stays normal.
+    """
+    if hasattr(os, "sched_setscheduler"):
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(REALTIME_PRIORITY))  # 0: this thread
+            return "SCHED_FIFO"
+        except OSError:
+            pass
+    if sys.platform.startswith("linux"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), -10)  # a thread id on Linux
+            return "nice -10"
+        except OSError:
+            pass
+    return "normal"
