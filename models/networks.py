@@ -61,8 +61,8 @@ class InstrumentVAE(nn.Module):
             nn.ConvTranspose2d(c2, c1, 4, stride=4), nn.ReLU(),  # (B, c1, 8, 32)
             nn.ConvTranspose2d(c1, 1, 4, stride=4),  # (B, 1, 32, 128)
         )
-        # log sd of the pixel likelihood; learned, so reconstruction and KL balance themselves
-        self.log_sigma_x = nn.Parameter(torch.tensor(math.log(0.3)))
+        # log sd of the pixel likelihood, set to its optimum each training batch (see loss)
+        self.log_sigma_x = nn.Parameter(torch.tensor(math.log(0.3)), requires_grad=False)
 
     def encode(self, bars: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 1, 32, 128) -> means (B, K), log-sigma (B, 1)."""
@@ -82,8 +82,18 @@ class InstrumentVAE(nn.Module):
 
     def loss(self, bars: torch.Tensor, recon: torch.Tensor, mean: torch.Tensor,
              log_sigma: torch.Tensor) -> torch.Tensor:
+        """Negative ELBO, beta = 1, with the pixel variance at its optimum for this batch.
+
+        The learned scalar variance is set in closed form to the batch's mean squared error
+        (the "optimal sigma" of sigma-VAE, Rybkin et al. 2021) instead of by gradient steps: on
+        sparse piano rolls a gradient-learned sigma lags far behind, and the decoder settles on
+        silence before the reconstruction term outweighs the KL.
+        """
         n_cells = bars[0].numel()
         sq_err = (bars - recon).pow(2).flatten(1).sum(1)
+        if self.training:
+            with torch.no_grad():
+                self.log_sigma_x.copy_(0.5 * torch.log(sq_err.mean() / n_cells).clamp(min=-12.0))
         nll = 0.5 * sq_err * torch.exp(-2 * self.log_sigma_x) + n_cells * self.log_sigma_x
         var = torch.exp(2 * log_sigma)
         kl = 0.5 * (mean.pow(2) + var - 1 - 2 * log_sigma).sum(1)  # beta = 1
