@@ -123,7 +123,7 @@ class TempoEstimator:
         xs = range(n)
         mean_x = (n - 1) / 2
         mean_t = sum(self._times) / n
-        num = sum((x - mean_x) * (t - mean_t) for x, t in zip(xs, self._times))
+        num = sum((x - mean_x) * (t - mean_t) for x, t in zip(xs, self._times, strict=True))
         den = sum((x - mean_x) ** 2 for x in xs)
         return num / den
 

@@ -120,7 +120,8 @@ class OscServer:
             self._server = _Server((host, port), self._dispatcher, self)
         except OSError as err:
             raise OSError(err.errno, f"cannot listen for OSC on udp {host}:{port}: {err.strerror or err}") from err
-        self.address: Address = self._server.server_address[:2]
+        host_bound, port_bound = self._server.server_address[:2]
+        self.address: Address = (str(host_bound), int(port_bound))
 
     @property
     def counters(self) -> dict[str, int]:
@@ -257,7 +258,7 @@ def _flatten(status: dict[str, object], prefix: str = "") -> list[tuple[str, obj
     return items
 
 
-def _osc_arg(value: object) -> tuple[object, str]:
+def _osc_arg(value: object) -> tuple[int | float | str, str]:
     """An OSC argument and its type tag; what OSC cannot carry plainly goes as a string."""
     if isinstance(value, bool):
         return int(value), "i"

@@ -46,7 +46,7 @@ class OscAddress:
             raise TypeError(f"{self.address} takes {wanted}, got {len(args)}")
         values: list[Value] = []
         clamped = False
-        for tag, arg in zip(self.types, args):
+        for tag, arg in zip(self.types, args, strict=False):  # optional trailing arguments may be absent
             value, was_clamped = self._coerce_one(tag, arg)
             values.append(value)
             clamped = clamped or was_clamped

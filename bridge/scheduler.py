@@ -142,7 +142,8 @@ class NoteScheduler:
             self.release()
             for instrument, channel in self._channels.items():
                 for control in (CC_ALL_NOTES_OFF, CC_ALL_SOUND_OFF):
-                    self._try_send(instrument, mido.Message("control_change", channel=channel, control=control, value=0))
+                    msg = mido.Message("control_change", channel=channel, control=control, value=0)
+                    self._try_send(instrument, msg)
 
     def _note_on(self, note: _Pending) -> None:
         key = (note.instrument, note.pitch)
@@ -152,7 +153,8 @@ class NoteScheduler:
             if key in self._sounding:
                 return  # its note-off could not be sent: a second note-on would hang the synth
         channel = self._channels[note.instrument]
-        if self._try_send(note.instrument, mido.Message("note_on", channel=channel, note=note.pitch, velocity=note.velocity)):
+        msg = mido.Message("note_on", channel=channel, note=note.pitch, velocity=note.velocity)
+        if self._try_send(note.instrument, msg):
             self._sounding[key] = _Sounding(channel, note.end)
             self._count("note_on")
 

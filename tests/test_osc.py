@@ -12,7 +12,7 @@ from typing import Iterator
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
-from pythonosc import osc_bundle_builder, osc_message_builder, osc_packet
+from pythonosc import osc_message_builder, osc_packet
 
 from bridge.osc_server import COUNTER_KINDS, OscServer, status_bundle
 from bridge.osc_table import BY_ADDRESS, OSC_TABLE, markdown_table

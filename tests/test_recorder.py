@@ -30,7 +30,8 @@ def notes_of(path: Path, instrument: str, step_s: float) -> list[tuple[int, int,
     """(start, end, pitch, velocity) in steps of a constant-tempo take, read with pretty_midi."""
     midi = pretty_midi.PrettyMIDI(str(path))
     tracks = [t for t in midi.instruments if t.name == instrument]  # pretty_midi drops empty tracks
-    return sorted((round(n.start / step_s), round(n.end / step_s), n.pitch, n.velocity) for t in tracks for n in t.notes)
+    notes = [n for t in tracks for n in t.notes]
+    return sorted((round(n.start / step_s), round(n.end / step_s), n.pitch, n.velocity) for n in notes)
 
 
 STEP_120 = 60 / 120 / 8  # seconds per step at 120 BPM
