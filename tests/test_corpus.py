@@ -140,7 +140,7 @@ def test_midi_dir_keeps_good_file_and_names_three_reasons(tmp_path: Path) -> Non
     assert sorted(reasons) == ["empty.mid", "truncated.mid", "waltz.mid"]
     assert reasons["waltz.mid"] == "meter 3/4 at 0.00 s; vaejam plays 4/4 only"
     assert all("\n" not in r and r for r in reasons.values())
-    assert "not a readable MIDI file" in reasons["empty.mid"]
+    assert reasons["empty.mid"] == "empty file (0 bytes)"
     assert "not a readable MIDI file" in reasons["truncated.mid"]
 
 

@@ -161,6 +161,8 @@ def find_midi_files(directory: str | os.PathLike) -> list[Path]:
 
 def read_midi_file(path: Path) -> CorpusSong:
     """One MIDI file as a song; raises BarFormatError (a ValueError) naming the file."""
+    if path.stat().st_size == 0:  # pretty_midi's own message for this is blank
+        raise ValueError(f"{path}: empty file (0 bytes)")
     song = midi_to_song(path)
     return CorpusSong(name=str(path), bars=to_uint8(song.bars))
 

@@ -31,6 +31,7 @@ from typing import Any, Sequence
 import mido
 import numpy as np
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from models.bars import INSTRUMENTS, instrument_for_program, midi_to_song, to_uint8
 from training.corpus import (
@@ -602,7 +603,8 @@ def synth_corpus(
     check_synth_args(n_songs, n_bars, valid_fraction, jobs, timeout)
     plans = plan_corpus(scan_grooves(), n_songs, seed, n_bars, valid_fraction)
     prepare_out_dir(out)
-    with ThreadPoolExecutor(max_workers=jobs) as pool:  # MMA runs in subprocesses: threads suffice
+    # logging_redirect_tqdm: skip lines print above the progress bar, not into it.
+    with ThreadPoolExecutor(max_workers=jobs) as pool, logging_redirect_tqdm():  # MMA runs in subprocesses
         results = list(tqdm(pool.map(lambda p: render_song(p, out, timeout), plans), total=len(plans),
                             desc="songs", unit="song", disable=not progress))
     sizes = write_splits(out, [(r.meta["split"], r.meta["file"], r.bars) for r in results])
@@ -647,13 +649,14 @@ def midi_corpus(
     files = find_midi_files(midi_dir)
     good: list[tuple[Path, CorpusSong]] = []
     skipped: list[dict[str, str]] = []
-    for path in tqdm(files, desc="midi files", unit="file", disable=not progress):
-        try:
-            good.append((path, read_midi_file(path)))
-        except (ValueError, OSError) as err:  # models.bars.BarFormatError is a ValueError
-            reason = skip_reason(err, path)
-            log.warning("skip %s: %s", path.relative_to(midi_dir), reason)
-            skipped.append({"file": str(path.relative_to(midi_dir)), "reason": reason})
+    with logging_redirect_tqdm():
+        for path in tqdm(files, desc="midi files", unit="file", disable=not progress):
+            try:
+                good.append((path, read_midi_file(path)))
+            except (ValueError, OSError) as err:  # models.bars.BarFormatError is a ValueError
+                reason = skip_reason(err, path)
+                log.warning("skip %s: %s", path.relative_to(midi_dir), reason)
+                skipped.append({"file": str(path.relative_to(midi_dir)), "reason": reason})
     if not good:
         raise ValueError(f"--midi-dir {midi_dir}: no usable MIDI files ({len(files)} found, all skipped)")
     prepare_out_dir(out)
