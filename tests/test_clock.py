@@ -7,6 +7,7 @@ import time
 
 import mido
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from bridge.clock import (
     TICKS_PER_BAR, InternalClock, MidiClockFollower, TempoEstimator, check_bpm,
@@ -392,3 +393,65 @@ def test_internal_clock_does_not_drift_in_real_time() -> None:
     # Deadlines are exact multiples of the period from the first, whatever the sleep error.
     assert stamps[96] - stamps[0] == pytest.approx(96 * interval(400), abs=1e-9)
     assert wall < 96 * interval(400) + 0.1
+
+
+# --- properties over random message streams ---------------------------------------------------
+
+def check_run_structure(events: list[tuple[str, int, float]]) -> None:
+    """start, then contiguous ticks from its tick, then stop; never a tick outside a run."""
+    running, expected = False, 0
+    for kind, tick, _ in events:
+        if kind == "start":
+            assert not running
+            running, expected = True, tick
+        elif kind == "tick":
+            assert running and tick == expected
+            expected += 1
+        else:
+            assert running
+            running = False
+
+
+transport = st.sampled_from(["clock"] * 6 + ["start", "stop", "continue", "songpos", "note_on", "timeout"])
+
+
+@settings(max_examples=150, deadline=None)
+@given(stream=st.lists(st.tuples(transport, st.integers(0, 16383), st.floats(0.0, 0.8)), max_size=80))
+def test_any_midi_stream_keeps_runs_well_formed(stream: list[tuple[str, int, float]]) -> None:
+    rec = Recorder()
+    f = MidiClockFollower(rec)
+    t = 0.0
+    for kind, value, gap in stream:
+        t += gap
+        if kind == "timeout":
+            f.check_timeout(t)
+        elif kind == "songpos":
+            f.feed(msg("songpos", pos=value), t)
+        elif kind == "note_on":
+            f.feed(msg("note_on", note=value % 128), t)
+        else:
+            f.feed(msg(kind), t)
+        assert f.running == (bool(rec.events) and rec.events[-1][0] != "stop")
+    check_run_structure(rec.events)
+    assert f.bpm is None or f.bpm > 0
+
+
+@settings(max_examples=100, deadline=None)
+@given(ops=st.lists(st.tuples(st.sampled_from(["start", "stop", "bpm", "wait"]), st.floats(0.0, 1.0)), max_size=40))
+def test_any_internal_clock_use_keeps_runs_well_formed(ops: list[tuple[str, float]]) -> None:
+    clock_time = FakeTime()
+    rec = Recorder()
+    clock = InternalClock(rec, bpm=120, now=clock_time, sleep=clock_time.sleep)
+    for op, x in ops:
+        if op == "start":
+            clock.start_transport(int(x * 200))
+        elif op == "stop":
+            clock.stop_transport()
+        elif op == "bpm":
+            clock.set_bpm(20 + x * 380)
+        else:
+            clock_time.now += x
+        clock.service(clock_time.now)
+    check_run_structure(rec.events)
+    ts = [t for kind, _, t in rec.events if kind == "tick"]
+    assert all(t <= clock_time.now for t in ts)  # no tick before its deadline
