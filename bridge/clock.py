@@ -137,12 +137,15 @@ class MidiClockFollower:
 
     feed() runs on the MIDI callback thread and check_timeout() on another, so both take one lock
     and deliver listener calls in order under it. The public attributes are plain values, readable
-    from any thread (and from inside listener calls) without the lock.
+    from any thread (and from inside listener calls) without the lock. Because listener calls run
+    under the lock, do not call feed()/check_timeout() while holding a lock the listener takes.
     """
 
     source = "midi"
 
     def __init__(self, listener: ClockListener, timeout: float = DEFAULT_TIMEOUT_S) -> None:
+        if not (isinstance(timeout, (int, float)) and timeout > 0):
+            raise ValueError(f"timeout={timeout!r} must be a positive number of seconds")
         self._listener = listener
         self._timeout = timeout
         self._lock = threading.RLock()  # guards the transport state below and listener-call order
