@@ -38,6 +38,7 @@ TICKS_PER_SPP_UNIT = 6  # a Song Position Pointer counts 16th notes
 MIN_BPM = 20.0
 MAX_BPM = 400.0
 DEFAULT_TIMEOUT_S = 0.5
+JITTER_DECAY = 0.995  # per clock: the jitter estimate halves in ~6 beats of steady clock
 
 Clock = Callable[[], float]
 
@@ -88,9 +89,12 @@ class TempoEstimator:
     """Tempo from clock arrival times: least-squares slope over the last `window` intervals.
 
     A least-squares fit over timestamps (rather than a mean of intervals) does not let one late
-    arrival count twice, so JACK's period jitter averages out. When the mean interval of the last
-    `recent` clocks differs from the fit by more than `jump`, the tempo changed: the window restarts
-    from those clocks, so a new tempo is followed within a quarter note (24 clocks).
+    arrival count twice, so JACK's period jitter averages out; and as the window is one beat, any
+    tempo change is fully followed after one beat. A jump is followed sooner: when the last `recent`
+    clocks span more or less time than the fit predicts, by over `jump` of it and by over twice the
+    arrival jitter seen, the window restarts from the newest clocks. The jitter term matters: JACK
+    delivers MIDI once per period (21 ms at 1024 frames, longer than a clock at 120 BPM), and
+    without it that quantisation alone looks like a tempo jump every few beats.
     """
 
     def __init__(self, window: int = 24, recent: int = 8, jump: float = 0.1, gap_s: float = DEFAULT_TIMEOUT_S) -> None:
@@ -98,16 +102,19 @@ class TempoEstimator:
         self._recent = recent
         self._jump = jump
         self._gap = gap_s
+        self._jitter = 0.0  # decaying max of one-clock prediction errors, seconds; owner's lock
         self.interval: float | None = None  # seconds per clock, latest estimate
 
     def add(self, t: float) -> None:
         if self._times and not 0.0 <= t - self._times[-1] <= self._gap:
             self._times.clear()  # a pause or a clock going backwards: old intervals say nothing
+        self._track_jitter(t)
         self._times.append(t)
         if len(self._times) > self._recent:
-            recent = (self._times[-1] - self._times[-1 - self._recent]) / self._recent
+            span = self._times[-1] - self._times[-1 - self._recent]
             fit = self._slope()
-            if fit > 0 and abs(recent - fit) > self._jump * fit:
+            error = abs(span - fit * self._recent)
+            if fit > 0 and error > self._jump * fit * self._recent and error > 2 * self._jitter:
                 # Keep the newest half only: they are the ones most surely at the new tempo.
                 kept = list(self._times)[-1 - self._recent // 2:]
                 self._times.clear()
@@ -115,6 +122,13 @@ class TempoEstimator:
         slope = self._slope()
         if slope > 0:
             self.interval = slope
+
+    def _track_jitter(self, t: float) -> None:
+        if self._times and self.interval is not None:
+            # A real jump adds one interval's change per clock here, while it adds up over `recent`
+            # clocks in the span test: so jumps still show, and period-sized misses do not.
+            miss = abs(t - self._times[-1] - self.interval)
+            self._jitter = max(miss, self._jitter * JITTER_DECAY)
 
     def _slope(self) -> float:
         n = len(self._times)

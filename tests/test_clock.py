@@ -201,6 +201,30 @@ def test_tempo_estimate_averages_out_jack_period_jitter() -> None:
     assert est.bpm == pytest.approx(120, rel=0.02)
 
 
+@pytest.mark.parametrize("bpm", [90.0, 120.0, 200.0, 300.0])
+def test_tempo_estimate_stays_close_with_periods_longer_than_a_clock(bpm: float) -> None:
+    # jackd's default 1024 frames at 48 kHz: MIDI arrives every 21.3 ms, in bursts, at any tempo.
+    period = 1024 / 48000
+    est = TempoEstimator()
+    worst = 0.0
+    for k in range(600):
+        est.add(((k * interval(bpm)) // period + 1) * period)
+        if k >= 48:
+            assert est.bpm is not None
+            worst = max(worst, abs(est.bpm - bpm) / bpm)
+    assert worst < 0.05  # without the jitter-aware jump test this reached 27 %
+
+
+def test_tempo_jump_is_followed_within_one_beat_with_long_periods() -> None:
+    period = 1024 / 48000
+    est = TempoEstimator()
+    t = 0.0
+    for k in range(96 + 24):
+        t += interval(120 if k < 96 else 150)
+        est.add((t // period + 1) * period)
+    assert est.bpm == pytest.approx(150, rel=0.05)
+
+
 @pytest.mark.parametrize("before, after", [(120.0, 150.0), (150.0, 100.0), (90.0, 200.0), (200.0, 180.0)])
 def test_tempo_jump_is_followed_within_one_beat(before: float, after: float) -> None:
     rng = random.Random(1)
