@@ -21,6 +21,7 @@ from typing import Callable
 import mido
 import numpy as np
 
+from bridge.recorder import TakeRecorder
 from bridge.midi_io import API_CHOICES, MidiIO, MidiPortError, PortOptions, channel_map
 from bridge.scheduler import DEFAULT_CHANNELS, NoteScheduler
 from bridge.session import LiveSession, SessionOptions
@@ -181,11 +182,17 @@ def start_daemon(args: argparse.Namespace) -> Daemon:
     try:
         channels = channel_map(args.channels, DEFAULT_CHANNELS)
         options = SessionOptions(lookahead_steps=args.lookahead_steps, autopilot=args.autopilot,
-                                 echo_piano=args.echo_piano, bpm=args.bpm, record_dir=args.record)
+                                 echo_piano=args.echo_piano, bpm=args.bpm, record_dir=args.record,
+                                 make_recorder=lambda directory: TakeRecorder(directory, channels))
         from bridge.clock import check_bpm
         check_bpm(args.bpm)
     except (TypeError, ValueError) as err:
         raise StartupError(str(err)) from err
+    if args.record is not None:
+        try:
+            Path(args.record).mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise StartupError(f"--record {args.record}: cannot create the folder ({err.strerror})") from err
     engine, _, _ = load_engine(args.model, args.device)
     send = _LateSend()
     session = LiveSession(engine, NoteScheduler(send, channels), options)

@@ -128,3 +128,91 @@ def test_osc_notes_play_the_band_on_the_internal_clock(start_daemon, connect_cli
     time.sleep(2.5)
     assert client.band("note_on"), "no band notes from OSC piano notes"
     assert daemon.status()["notes_in"] > 0
+
+
+def test_kill_9_leaves_a_readable_take(start_daemon, connect_client, tmp_path) -> None:
+    takes = tmp_path / "takes"
+    daemon = start_daemon("--record", str(takes))
+    client = connect_client(daemon)
+    play(client, 180.0, ticks=96 * 3 + 30, notes=chords(3))
+    daemon.stop(signal.SIGKILL)
+    files = sorted(takes.glob("take-*.mid"))
+    assert len(files) == 1
+    take = mido.MidiFile(files[0])  # complete: flushed atomically every bar
+    notes = {track.name: sum(1 for m in track if m.type == "note_on" and m.velocity > 0) for track in take.tracks}
+    assert notes["piano"] >= 3 * 12 * 2 // 3, notes  # the piano as played, at least the first two bars
+    assert sum(notes[name] for name in ("guitar", "bass", "strings", "drums")) > 0, notes
+
+
+def test_sigterm_finalises_the_take(start_daemon, connect_client, tmp_path) -> None:
+    daemon = start_daemon("--record", str(tmp_path))
+    client = connect_client(daemon)
+    play(client, 180.0, ticks=96 * 2 + 10, notes=chords(2))
+    assert daemon.stop() == 0
+    take = mido.MidiFile(next(tmp_path.glob("take-*.mid")))
+    piano = next(t for t in take.tracks if t.name == "piano")
+    played = [m.note for m in piano if m.type == "note_on" and m.velocity > 0]
+    assert len(played) == 2 * 12, (played, "".join(daemon.stderr)[-3000:], daemon.status() if daemon.alive() else "")
+
+
+def test_reconnects_a_named_input_port_that_comes_back(start_daemon, jack_server) -> None:
+    from tests.live.conftest import unique
+
+    backend = mido.Backend("mido.backends.rtmidi/UNIX_JACK")
+    source = unique("vjsrc")
+    port = backend.open_output("keys", client_name=source)
+    daemon = start_daemon("--in-port", f"{source}:keys")
+    time.sleep(0.3)
+
+    def notes_heard(pitch: int) -> int:
+        before = daemon.status()["notes_in"]
+        port.send(mido.Message("note_on", note=pitch, velocity=80))
+        port.send(mido.Message("note_off", note=pitch))
+        time.sleep(0.3)
+        return daemon.status()["notes_in"] - before
+
+    assert notes_heard(60) == 1  # the internal clock runs: notes count
+    port.close()
+    time.sleep(2.5)  # the daemon notices within ~1 s
+    port = backend.open_output("keys", client_name=source)
+    time.sleep(2.5)
+    assert notes_heard(62) == 1
+    port.close()
+    assert daemon.stop() == 0
+
+
+def test_fuzzed_midi_bytes_and_osc_packets_never_crash_it(start_daemon, jack_server) -> None:
+    import socket
+
+    import rtmidi
+    from hypothesis import HealthCheck, given, settings, strategies as st
+
+    from tests.live.conftest import find_port, jack_connect, unique
+
+    daemon = start_daemon()
+    source = unique("vjfuzz")
+    out = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, source)
+    out.open_virtual_port("fuzz")
+    jack_connect(find_port(source, "fuzz"), find_port(daemon.client, "vaejam in"))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.lists(st.integers(0, 255), min_size=1, max_size=12), st.binary(max_size=64),
+           st.sampled_from(["/vaejam/noise_sd", "/vaejam/mute/bass", "/vaejam/note", "/vaejam/tempo", "/x"]))
+    def fuzz(data: list[int], packet: bytes, address: str) -> None:
+        # python-rtmidi sends up to 3 arbitrary bytes per event, or a sysex: both kinds of garbage
+        for i in range(0, len(data), 3):
+            out.send_message(data[i:i + 3])
+        out.send_message([0xF0, *data])
+        sock.sendto(packet, ("127.0.0.1", daemon.osc_port))  # random bytes: not OSC at all
+        padded = address.encode() + b"\0" * (4 - len(address) % 4)
+        sock.sendto(padded + b",f\0\0" + packet[:4].ljust(4, b"\0"), ("127.0.0.1", daemon.osc_port))
+
+    fuzz()
+    time.sleep(0.5)
+    assert daemon.alive(), "".join(daemon.stderr)[-3000:]
+    status = daemon.status()  # still answering
+    assert "late_bars" in status
+    out.close_port()
+    sock.close()
+    assert daemon.stop() == 0
