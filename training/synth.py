@@ -545,9 +545,11 @@ def _try_groove(plan: SongPlan, groove: Groove, out_dir: Path, timeout: float) -
         tmp.unlink(missing_ok=True)
         raise SynthError("no piano notes came out")
     os.replace(tmp, final)
+    variants = dict(plan.variants)
     meta = {"file": str(final.relative_to(out_dir)), "split": plan.split, "groove": groove.name,
             "style": groove.style, "key": plan.key, "progression": plan.progression.name,
-            "tempo": plan.tempo, "n_bars": plan.n_bars, "added_parts": [f"{f}/{dict(plan.variants)[f]}" for f in parts.added]}
+            "tempo": plan.tempo, "n_bars": plan.n_bars,
+            "added_parts": [f"{f}/{variants[f]}" for f in parts.added]}  # family/variant of ADDED_TRACKS
     return RenderedSong(meta=meta, bars=to_uint8(bars))
 
 
