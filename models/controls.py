@@ -38,9 +38,10 @@ CONTROL_SPECS: dict[str, ControlSpec] = {
 }
 
 
-def density_threshold(density: float) -> float:
-    """Binarisation threshold for a density in [0, 1]; 0.5 gives the article's 0.2."""
-    return 0.35 - 0.3 * density
+def density_threshold(density: float, base: float) -> float:
+    """Binarisation threshold for a density in [0, 1]: 0.5 keeps the model's calibrated base,
+    1.0 divides it by 4 (more notes), 0.0 multiplies it by 4 (fewer)."""
+    return min(0.95, max(0.005, base * 4.0 ** (1.0 - 2.0 * density)))
 
 
 def check_value(name: str, value: object) -> float | int | str:

@@ -17,7 +17,6 @@ from models.fused import FusedBand
 from models.networks import BandModel
 from models.style import StyleBank, sample_style
 
-PIANO_THRESHOLD = 0.2  # the article's threshold, for the predicted piano (echo / autopilot)
 DEFAULT_DYNAMICS = 90 / 127  # velocity used before the pianist has played anything
 
 
@@ -29,6 +28,7 @@ class BandEngine:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.fused = FusedBand(self.model).to(self.device)  # the per-bar path: a few bmm's
+        self.base_thresholds = [float(t) for t in model.thresholds]  # calibrated, per instrument
         self.latent_size = model.config.latent
         self.styles = dict(styles or {})
         self.controls = Controls()
@@ -40,8 +40,8 @@ class BandEngine:
     def reset(self, seed: int | None = None) -> None:
         """Forget the band's previous bars and restart the random stream."""
         self.generator.manual_seed(self.controls.seed if seed is None else seed)
-        # (5, K): the latent each instrument played last; zeros = the prior's mean
-        self.previous = torch.zeros(len(INSTRUMENTS), self.latent_size, device=self.device)
+        # (5, K): the latent each instrument played last; at first a typical training bar's
+        self.previous = self.model.initial_latents.detach().clone().to(self.device)
         self.dynamics = DEFAULT_DYNAMICS
 
     def set_controls(self, controls: Controls) -> None:
@@ -100,11 +100,11 @@ class BandEngine:
         out = np.zeros_like(decoded)
         for i, instrument in enumerate(INSTRUMENTS):
             if instrument == "piano":
-                threshold, gain = PIANO_THRESHOLD, 1.0
+                threshold, gain = self.base_thresholds[i], 1.0
             else:
                 if self.controls.mute[instrument]:
                     continue
-                threshold = density_threshold(self.controls.density[instrument])
+                threshold = density_threshold(self.controls.density[instrument], self.base_thresholds[i])
                 gain = self.controls.velocity[instrument]
             on = decoded[i] > threshold
             # the decoder's confidence adds a little accent around the pianist's level

@@ -136,6 +136,13 @@ class BandModel(nn.Module):
         self.vaes = nn.ModuleDict({name: InstrumentVAE(config) for name in INSTRUMENTS})
         self.melody = MelodyNN(config)
         self.conditionals = nn.ModuleDict({name: ConditionalNN(config) for name in BAND})
+        # Binarisation threshold per instrument at density 0.5, calibrated after training so the
+        # band plays as many notes as the data has (a Gaussian decoder blurs sparse parts, so
+        # one fixed 0.2 silences bass and guitar); the article's 0.2 until then.
+        self.register_buffer("thresholds", torch.full((len(INSTRUMENTS),), 0.2))
+        # Each instrument's "previous latent" before the band has played a bar: the mean latent
+        # of the training bars (set at calibration), a typical bar rather than the prior's zero.
+        self.register_buffer("initial_latents", torch.zeros(len(INSTRUMENTS), config.latent))
 
     def encode_means(self, bars: torch.Tensor) -> torch.Tensor:
         """(B, 5, 32, 128) -> latent means (B, 5, K), one VAE per instrument."""

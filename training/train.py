@@ -175,6 +175,36 @@ def stage_parameters(model: BandModel, stage: str) -> list[torch.nn.Parameter]:
     return list(module.parameters())
 
 
+# ------------------------------------------------------ stage 4: calibration
+CALIBRATION_PAIRS = 1500
+CALIBRATION_NOISE_SD = 0.7  # the default noise_sd, so density 0.5 is calibrated where people play
+
+
+@torch.inference_mode()
+def calibrate_thresholds(model: BandModel, corpus: Corpus, cfg: TrainConfig, device: torch.device) -> torch.Tensor:
+    """Per instrument, the threshold at which the band's predicted bars have as many active
+    cells as the real next bars: what the engine plays at density 0.5."""
+    model.eval()
+    latents = encode_corpus(model, corpus, cfg, device)
+    pairs = corpus.pairs()
+    rng = np.random.default_rng(cfg.seed)
+    if len(pairs) > CALIBRATION_PAIRS:
+        pairs = pairs[np.sort(rng.choice(len(pairs), CALIBRATION_PAIRS, replace=False))]
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    now = latents[torch.from_numpy(pairs[:, 0]).to(device)]  # (P, 5, K)
+    noise = torch.randn(now[:, 0].shape, generator=generator, device=device)
+    next_piano = model.melody(now[:, 0] + CALIBRATION_NOISE_SD * noise)
+    predicted = [next_piano] + [model.conditionals[n](next_piano, now[:, i]) for i, n in enumerate(BAND, 1)]
+    predicted_t = torch.stack(predicted, dim=1)  # (P, 5, K)
+    thresholds = torch.empty(len(INSTRUMENTS))
+    for i in range(len(INSTRUMENTS)):
+        decoded = torch.cat([model.vaes[INSTRUMENTS[i]].decode(predicted_t[j : j + 256, i])
+                             for j in range(0, len(pairs), 256)]).flatten()
+        active = int((corpus.bars[pairs[:, 1], i] > 0).sum())
+        thresholds[i] = float(decoded.kthvalue(max(1, decoded.numel() - active)).values) if active else 0.95
+    return thresholds.clamp(0.005, 0.95)
+
+
 # ------------------------------------------------------------ checkpoints, resume
 def save_state(out: Path, model: BandModel, opt: torch.optim.Optimizer, cfg: TrainConfig, state: TrainState) -> None:
     """Weights, optimizer moments and progress; written to temp files, then renamed."""
@@ -230,7 +260,11 @@ def train(cfg: TrainConfig) -> dict:
     for stage in STAGES[STAGES.index(state.stage):]:
         run_stage(model, stage, train_set, valid_set, cfg, state, out, device, moments, meta, started)
         moments = meta = None  # only the stage we resumed into has saved moments
+    model.initial_latents.copy_(encode_corpus(model, train_set, cfg, device).mean(0))
+    model.thresholds.copy_(calibrate_thresholds(model, train_set, cfg, device))
+    log.info("calibrated thresholds: %s", dict(zip(INSTRUMENTS, model.thresholds.tolist())))
     report = final_report(state, time.perf_counter() - started)
+    report["thresholds"] = dict(zip(INSTRUMENTS, [round(t, 4) for t in model.thresholds.tolist()]))
     save_band_model(model, out, metadata={"train": asdict(cfg), "report": report})
     (out / "training_log.json").write_text(json.dumps({"report": report, "history": state.history}, indent=1))
     plot_history(state.history, out / "training.png")
