@@ -279,7 +279,9 @@ def machine() -> str:
 
 
 def report(inference: dict[str, dict], live: list[LiveResult], command: str, model: str) -> str:
-    lines = [f"## `{command}`", "", f"- When: {time.strftime('%Y-%m-%d %H:%M %Z')}; machine: {machine()}",
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    lines = [f"## `{command}`", "", f"- When: {time.strftime('%Y-%m-%d %H:%M %Z')}; machine: {machine()}; "
+             f"load average at the end {load} (the machine is shared: other jobs ran meanwhile)",
              f"- Model: {model}", "", "### Inference per bar (engine.step + note extraction, one torch thread on CPU)",
              "", "| device | bars | p50 ms | p99 ms | max ms |", "|---|---|---|---|---|"]
     for device, s in inference.items():
