@@ -184,7 +184,8 @@ def start_daemon(args: argparse.Namespace) -> Daemon:
         channels = channel_map(args.channels, DEFAULT_CHANNELS)
         options = SessionOptions(lookahead_steps=args.lookahead_steps, autopilot=args.autopilot,
                                  echo_piano=args.echo_piano, bpm=args.bpm, record_dir=args.record,
-                                 make_recorder=lambda directory: TakeRecorder(directory, channels))
+                                 make_recorder=lambda directory: TakeRecorder(directory, channels),
+                                 realtime_clock=True)
         from bridge.clock import check_bpm
         check_bpm(args.bpm)
     except (TypeError, ValueError) as err:
@@ -213,7 +214,8 @@ def start_daemon(args: argparse.Namespace) -> Daemon:
         midi.close()
         session.close()
         raise StartupError(f"cannot listen for OSC on {args.osc_host}:{args.osc_port}: {err}") from err
-    session.extra_status = lambda: {**midi.counters(), **{f"osc_{k}": v for k, v in osc.counters.items()}}
+    # the OSC server adds its own counters (osc/...) to the reply
+    session.extra_status = lambda: {f"midi/{kind}": count for kind, count in midi.counters().items()}
     housekeeper = Housekeeper(session, midi)
     session.start()
     housekeeper.start()
@@ -242,8 +244,15 @@ def run_command(args: argparse.Namespace) -> int:
     # against the MIDI thread (measured: median step 6 ms with one thread, 100 ms with two under load).
     torch.set_num_threads(TORCH_THREADS)
     stop = threading.Event()  # set by SIGINT/SIGTERM
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
+    previous = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return _serve(args, stop)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _serve(args: argparse.Namespace, stop: threading.Event) -> int:
     try:
         daemon = start_daemon(args)
     except StartupError as err:

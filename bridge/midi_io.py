@@ -252,15 +252,33 @@ def _open_by_name(rt: object, wanted: str, api: str) -> str:
     return name
 
 
-def port_names(api: str, output: bool) -> list[str]:
-    """Ports of other clients we could open by name (outputs we read from when output=True)."""
-    import rtmidi
+class PortLister:
+    """Lists other clients' ports through one long-lived rtmidi client per direction: polling every
+    second with a new client each time would register a JACK client each time, and every
+    registration reorders JACK's graph (a timing hiccup for everyone on the server)."""
 
-    rt = rtmidi.MidiIn(_rtmidi_api(api), "vaejam-probe") if output else rtmidi.MidiOut(_rtmidi_api(api), "vaejam-probe")
-    try:
-        return list(rt.get_ports())
-    finally:
-        rt.delete()
+    def __init__(self, api: str, client_name: str) -> None:
+        self._api = api
+        self._client_name = f"{client_name}-probe"
+        self._lock = threading.Lock()  # guards _clients
+        self._clients: dict[bool, object] = {}  # output? -> rtmidi MidiIn/MidiOut; _lock
+
+    def names(self, output: bool) -> list[str]:
+        """Output ports (which we read from) when output=True, else input ports."""
+        import rtmidi
+
+        with self._lock:
+            client = self._clients.get(output)
+            if client is None:
+                kind = rtmidi.MidiIn if output else rtmidi.MidiOut
+                client = self._clients[output] = kind(_rtmidi_api(self._api), self._client_name)
+            return list(client.get_ports())  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        with self._lock:
+            clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            client.delete()  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -295,6 +313,7 @@ class MidiIO:
         self._routes: dict[str, str] = {}  # instrument -> port key; fixed after open
         self.send_errors = CountedLog(log)
         self._input_closed_for_good = False  # close_input() was called: the watcher must not reopen it
+        self._ports_lister: PortLister | None = None  # housekeeping thread only (poll_reconnect)
         self._open_all()
 
     def _open_all(self) -> None:
@@ -372,9 +391,14 @@ class MidiIO:
         if self.options.out_port is not None:
             self._watch_output()
 
+    def _lister(self) -> PortLister:
+        if self._ports_lister is None:
+            self._ports_lister = PortLister(self.api, self.options.client_name)
+        return self._ports_lister
+
     def _watch_input(self) -> None:
         wanted = self.options.in_port
-        present = match_port_name(wanted, port_names(self.api, output=True)) is not None
+        present = match_port_name(wanted, self._lister().names(output=True)) is not None
         with self._lock:
             port = self.input
         if port is not None and not present:
@@ -394,7 +418,7 @@ class MidiIO:
 
     def _watch_output(self) -> None:
         wanted = self.options.out_port
-        present = match_port_name(wanted, port_names(self.api, output=False)) is not None
+        present = match_port_name(wanted, self._lister().names(output=False)) is not None
         with self._lock:
             port = self.outputs.get("out")
         if port is not None and not present:
@@ -429,6 +453,9 @@ class MidiIO:
                 port.close()
             except Exception as err:  # noqa: BLE001 - closing the others matters more
                 log.warning("closing %s failed: %r", port.name, err)
+        if self._ports_lister is not None:
+            self._ports_lister.close()
+            self._ports_lister = None
 
 
 def channel_map(text: str, defaults: Mapping[str, int]) -> dict[str, int]:

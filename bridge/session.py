@@ -6,6 +6,12 @@ the InferenceWorker (which owns the engine and the recorder, so neither is touch
 the next downbeat the generated bar is scheduled if it is ready, else the bar is counted late and
 nothing new plays (the grid never shifts, so lateness never becomes drift).
 
+Clock source (status `clock_source`, `running`, `tempo`): the internal clock runs from start-up at
+--bpm, so the band answers a pianist with no DAW clock. The first Start/Continue of an external MIDI
+clock takes over (`clock_source` becomes "midi", the internal transport stops, sounding notes are
+released). When the DAW stops, the source stays "midi" with `running` 0 and the band is silent until
+the DAW starts again; /vaejam/play hands the band back to the internal clock.
+
 Bars are numbered by a serial counter that only grows (a transport restart or locate starts a new
 serial bar), so piano notes and takes stay ordered when the DAW jumps around; the scheduler is given
 the clock's absolute steps.
@@ -225,6 +231,7 @@ class SessionOptions:
     bpm: float = 120.0  # internal clock tempo
     record_dir: str | None = None  # --record DIR: record from the start
     make_recorder: Callable[[str], Recorder] | None = None  # directory -> recorder; None: TakeRecorder
+    realtime_clock: bool = False  # ask the OS for a real-time priority for the internal clock thread
 
     def __post_init__(self) -> None:
         if isinstance(self.lookahead_steps, bool) or not 1 <= self.lookahead_steps < STEPS_PER_BAR:
@@ -259,7 +266,8 @@ class LiveSession:
         self._lock = threading.RLock()  # guards every attribute below marked "_lock"
         self.worker = InferenceWorker(engine, self._on_result, clock)
         self.follower = MidiClockFollower(_SourceGate(self, "midi"))
-        self.internal = InternalClock(_SourceGate(self, "internal"), self.options.bpm, now=clock)
+        self.internal = InternalClock(_SourceGate(self, "internal"), self.options.bpm, now=clock,
+                                      realtime=self.options.realtime_clock)
         self._styles = set(getattr(engine, "styles", {}) or {})  # names the engine accepts; _lock
         self._source = "internal"  # which clock drives the band; _lock
         self._running = False  # transport of the active source running; _lock
