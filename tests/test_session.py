@@ -386,3 +386,28 @@ def test_options_are_validated() -> None:
               elements=st.sampled_from([0.0, 0.0, 0.0, 0.3, 1 / 127, 0.5, 1.0])))
 def test_fast_note_extraction_matches_roll_to_notes(roll: np.ndarray) -> None:
     assert list(roll_notes(roll)) == roll_to_notes(roll)
+
+
+def test_a_clock_that_stops_mid_bar_releases_everything() -> None:
+    rig = Rig()
+    rig.start()
+    rig.note(60, 0, 90)
+    rig.run_to(96 + 6)
+    assert rig.scheduler.sounding()
+    rig.session.follower.check_timeout(rig.t(96 + 6) + 0.6)  # no clock for 0.6 s
+    status = rig.session.status()
+    assert status["running"] == 0 and not rig.scheduler.sounding() and rig.scheduler.pending() == 0
+
+
+def test_quantising_follows_a_tempo_jump() -> None:
+    rig = Rig()
+    rig.start()
+    rig.run_to(47)
+    fast = TICK_S * 120 / 180  # from tick 48 on, 180 BPM
+    for tick in range(48, 48 + 30):
+        rig.tick = tick
+        rig.session.on_midi(mido.Message("clock"), rig.t(47) + (tick - 47) * fast)
+    last_t = rig.t(47) + 30 * fast  # tick 77 arrived here
+    rig.session.on_midi(mido.Message("note_on", note=60, velocity=90), last_t + 4 * fast)  # tick 81 = step 27
+    rig.session.on_midi(mido.Message("note_off", note=60), last_t + 4 * fast + 0.001)
+    assert np.flatnonzero(rig.session.piano_bar(0)[:, 60]).tolist() == [27]
