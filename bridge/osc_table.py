@@ -146,5 +146,23 @@ def markdown_table(table: Sequence[OscAddress] = OSC_TABLE) -> str:
     return "\n".join(lines) + "\n"
 
 
+README_START, README_END = "<!-- osc-table:start -->", "<!-- osc-table:end -->"
+
+
+def with_table(readme: str) -> str:
+    """The README text with the generated table between its markers."""
+    start, end = readme.index(README_START) + len(README_START), readme.index(README_END)
+    return readme[:start] + "\n" + markdown_table() + readme[end:]
+
+
 if __name__ == "__main__":
-    print(markdown_table(), end="")
+    import sys
+
+    if sys.argv[1:2] == ["--readme"]:  # python -m bridge.osc_table --readme README.md
+        path = sys.argv[2]
+        with open(path, encoding="utf-8") as handle:
+            text = with_table(handle.read())
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(text)
+    else:
+        print(markdown_table(), end="")

@@ -21,12 +21,17 @@ class BandConfig:
     channels: tuple[int, int, int] = (64, 128, 256)  # VAE conv widths, article's values
     hidden: int = 128  # MelodyNN / ConditionalNN width
     dropout: float = 0.2  # MelodyNN only, as in the article
+    # Pixel likelihood of the VAEs: "gaussian" (velocity/127, learned scalar variance: the
+    # article's code copies) or "bernoulli" (note on/off; velocity then follows the pianist).
+    likelihood: str = "gaussian"
 
     def __post_init__(self) -> None:
         if self.latent not in (8, 16, 32, 64):
             raise ValueError(f"latent must be 8, 16, 32 or 64, got {self.latent}")
         if len(self.channels) != 3 or min(self.channels) < 1:
             raise ValueError(f"channels must be three positive widths, got {self.channels}")
+        if self.likelihood not in ("gaussian", "bernoulli"):
+            raise ValueError(f"likelihood must be gaussian or bernoulli, got {self.likelihood!r}")
         if self.hidden < 1 or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"bad hidden={self.hidden} or dropout={self.dropout}")
 
@@ -35,7 +40,7 @@ class BandConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "BandConfig":
-        known = {k: values[k] for k in ("latent", "channels", "hidden", "dropout") if k in values}
+        known = {k: values[k] for k in ("latent", "channels", "hidden", "dropout", "likelihood") if k in values}
         if "channels" in known:
             known["channels"] = tuple(known["channels"])
         return cls(**known)
@@ -47,6 +52,7 @@ class InstrumentVAE(nn.Module):
     def __init__(self, config: BandConfig) -> None:
         super().__init__()
         c1, c2, c3 = config.channels
+        self.likelihood = config.likelihood
         self.encoder = nn.Sequential(
             nn.Conv2d(1, c1, 4, stride=4), nn.ReLU(),  # (B, c1, 8, 32)
             nn.Conv2d(c1, c2, 4, stride=4), nn.ReLU(),  # (B, c2, 2, 8)
@@ -69,16 +75,33 @@ class InstrumentVAE(nn.Module):
         out = self.to_posterior(self.encoder(bars))
         return out[:, :-1], out[:, -1:].clamp(-8.0, 4.0)
 
+    def decode_logits(self, latent: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.from_latent(latent))
+
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
         """(B, K) -> bar means in [0, 1], (B, 1, 32, 128)."""
-        return torch.sigmoid(self.decoder(self.from_latent(latent)))
+        return torch.sigmoid(self.decode_logits(latent))
 
     def forward(self, bars: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Negative ELBO per bar, mean over the batch; also the reconstruction."""
         mean, log_sigma = self.encode(bars)
         latent = mean + torch.exp(log_sigma) * torch.randn_like(mean)
-        recon = self.decode(latent)
+        logits = self.decode_logits(latent)
+        if self.likelihood == "bernoulli":
+            return self.bernoulli_loss(bars, logits, mean, log_sigma), torch.sigmoid(logits)
+        recon = torch.sigmoid(logits)
         return self.loss(bars, recon, mean, log_sigma), recon
+
+    @staticmethod
+    def kl(mean: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
+        """KL(q(z|x) || N(0, I)) per bar; beta = 1."""
+        return 0.5 * (mean.pow(2) + torch.exp(2 * log_sigma) - 1 - 2 * log_sigma).sum(1)
+
+    def bernoulli_loss(self, bars: torch.Tensor, logits: torch.Tensor, mean: torch.Tensor,
+                       log_sigma: torch.Tensor) -> torch.Tensor:
+        """Negative ELBO with each cell a note-on/off coin."""
+        nll = F.binary_cross_entropy_with_logits(logits, (bars > 0).float(), reduction="none").flatten(1).sum(1)
+        return (nll + self.kl(mean, log_sigma)).mean()
 
     def loss(self, bars: torch.Tensor, recon: torch.Tensor, mean: torch.Tensor,
              log_sigma: torch.Tensor) -> torch.Tensor:
@@ -95,9 +118,7 @@ class InstrumentVAE(nn.Module):
             with torch.no_grad():
                 self.log_sigma_x.copy_(0.5 * torch.log(sq_err.mean() / n_cells).clamp(min=-12.0))
         nll = 0.5 * sq_err * torch.exp(-2 * self.log_sigma_x) + n_cells * self.log_sigma_x
-        var = torch.exp(2 * log_sigma)
-        kl = 0.5 * (mean.pow(2) + var - 1 - 2 * log_sigma).sum(1)  # beta = 1
-        return (nll + kl).mean()
+        return (nll + self.kl(mean, log_sigma)).mean()
 
 
 class MelodyNN(nn.Module):
