@@ -233,7 +233,7 @@ def live_timing(model_dir: str | None, bpm: float, seconds: float) -> LiveResult
 
 def grid_errors(dump: str) -> tuple[np.ndarray, np.ndarray]:
     """From `jack_midi_dump -a` lines ("  48640: f8", "  57088: 99 3c 5a ..."): each band note-on's
-    frame minus the frame of the latest step clock (every third clock after Start) before it."""
+    frame minus the frame of the nearest step clock (every third clock after Start), signed."""
     clocks: list[int] = []
     note_ons: list[int] = []
     for line in dump.splitlines():
@@ -249,10 +249,13 @@ def grid_errors(dump: str) -> tuple[np.ndarray, np.ndarray]:
             note_ons.append(frame)
     steps = np.array(clocks[::TICKS_PER_STEP])
     errors, firsts, seen = [], [], set()
+    if len(steps) < 2:
+        return np.array(errors, float), np.array(firsts, float)
     for frame in note_ons:
-        index = int(np.searchsorted(steps, frame, side="right")) - 1
-        if index < 0:
-            continue
+        # The nearest step clock: a note can be early as well as late, since rtmidi's JACK output
+        # writes at frame 0 of the cycle it is drained in, which may be the cycle its clock came in.
+        index = int(np.clip(np.searchsorted(steps, frame), 1, len(steps) - 1))
+        index -= int(frame - steps[index - 1] < steps[index] - frame)
         errors.append(frame - steps[index])
         if index not in seen:
             seen.add(index)
@@ -288,14 +291,16 @@ def report(inference: dict[str, dict], live: list[LiveResult], command: str, mod
         lines.append(f"| {device} | {s['n']} | {s['p50']:.2f} | {s['p99']:.2f} | {s['max']:.2f} |")
     if live:
         lines += ["", "### End to end against `jack_midi_clock` (frame-accurate, `jack_midi_dump -a`)", "",
-                  "Error = a band note-on's frame minus the frame of the step clock due to play it.", "",
+                  "Error = |a band note-on's frame minus the frame of its step's clock| (the nearest step clock); "
+                  "early % = share of note-ons before their clock.", "",
                   "| BPM | run s | note-ons | p50 ms | p99 ms | max ms | p50 / p99 / max periods | first note of a step p99 ms "
-                  "| late bars | bars played | ready s (own) | peak RSS MB |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| late bars | bars played | early % | ready s (own) | peak RSS MB |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in live:
-            ms = r.errors_frames / r.rate * 1000
-            periods = r.errors_frames / r.period
-            first_p99 = np.percentile(r.first_frames / r.rate * 1000, 99) if len(r.first_frames) else float("nan")
+            ms = np.abs(r.errors_frames) / r.rate * 1000
+            periods = np.abs(r.errors_frames) / r.period
+            first_p99 = np.percentile(np.abs(r.first_frames) / r.rate * 1000, 99) if len(r.first_frames) else float("nan")
+            early = float(np.mean(r.errors_frames < 0)) * 100 if len(r.errors_frames) else float("nan")
             if len(ms):
                 p = np.percentile(ms, [50, 99]).tolist() + [ms.max()]
                 q = np.percentile(periods, [50, 99]).tolist() + [periods.max()]
@@ -304,7 +309,7 @@ def report(inference: dict[str, dict], live: list[LiveResult], command: str, mod
             lines.append(
                 f"| {r.bpm:g} | {r.seconds:g} | {len(ms)} | {p[0]:.2f} | {p[1]:.2f} | {p[2]:.2f} | "
                 f"{q[0]:.2f} / {q[1]:.2f} / {q[2]:.2f} | {first_p99:.2f} | {r.status.get('late_bars')} | "
-                f"{r.status.get('bars_scheduled')} | {r.ready_s:.2f} ({r.ready_own_s:.2f}) | {r.rss_mb:.0f} |")
+                f"{r.status.get('bars_scheduled')} | {early:.0f} | {r.ready_s:.2f} ({r.ready_own_s:.2f}) | {r.rss_mb:.0f} |")
         r = live[0]
         lines += ["", f"JACK: dummy driver, {r.period} frames at {r.rate} Hz = one period of "
                   f"{r.period / r.rate * 1000:.2f} ms. Ready s: from the bench starting the process to reading its ready "
@@ -335,7 +340,7 @@ def bench_command(args: argparse.Namespace) -> int:
         for bpm in tempos:
             result = live_timing(args.model, bpm, args.seconds)
             live.append(result)
-            ms = result.errors_frames / result.rate * 1000
+            ms = np.abs(result.errors_frames) / result.rate * 1000
             print(f"live {bpm:g} BPM: {len(ms)} note-ons, error p50 {np.percentile(ms, 50):.2f} ms, "
                   f"p99 {np.percentile(ms, 99):.2f} ms, late bars {result.status.get('late_bars')}", flush=True)
     from models.checkpoint import DEFAULT_MODEL_DIR

@@ -1,0 +1,24 @@
+"""The bench's analysis of a jack_midi_dump log, on hand-made lines."""
+from __future__ import annotations
+
+from bridge.bench import grid_errors, summary
+
+
+def test_note_ons_are_measured_against_the_nearest_step_clock() -> None:
+    clocks = [f"  {1000 + 600 * k}: f8" for k in range(30)]  # steps at 1000, 2800, 4600, ...
+    notes = ["  1003: 92 3c 5a note on", "  2700: 92 3c 5a", "  2799: 99 40 64", "  2801: 92 3c 00 (an off)"]
+    errors, firsts = grid_errors("\n".join(["  0: fa", *clocks, *notes]))
+    assert errors.tolist() == [3, -100, -1]  # early notes count as early, not a step late
+    assert firsts.tolist() == [3, -100]
+
+
+def test_a_new_start_restarts_the_clock_count() -> None:
+    dump = "\n".join(["  0: fa", "  10: f8", "  20: f8", "  500: fa", *[f"  {600 + 10 * k}: f8" for k in range(9)],
+                      "  631: 90 3c 40"])
+    errors, _ = grid_errors(dump)
+    assert errors.tolist() == [1]
+
+
+def test_summary() -> None:
+    s = summary([1.0, 2.0, 3.0, 100.0])
+    assert s["n"] == 4 and s["p50"] == 2.5 and s["max"] == 100.0
