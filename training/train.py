@@ -52,6 +52,7 @@ class TrainState:
     stage: str = "vae"
     epoch: int = 0  # epochs finished in this stage
     history: list = field(default_factory=list)  # one dict per finished epoch
+    best: dict = field(default_factory=dict)  # stage -> [validation loss, epoch] of its best epoch
     seconds: float = 0.0  # training time so far, across resumes
 
 
@@ -314,7 +315,36 @@ def run_stage(model: BandModel, stage: str, train_set: Corpus, valid_set: Corpus
         progress.set_postfix(train=f"{sum(v for k, v in train_m.items() if k.startswith('loss')):.3f}",
                              valid=f"{sum(v for k, v in valid_m.items() if k.startswith('loss')):.3f}")
         log.info("%s epoch %d/%d  valid %s", stage, epoch + 1, epochs, _fmt(valid_m))
+        keep_if_best(out, model, stage, state, valid_m)
         save_state(out, model, opt, cfg, state)
+    restore_best(out, model, stage, state)
+
+
+def stage_prefix(stage: str) -> str:
+    return {"vae": "vaes.", "melody": "melody.", "conditional": "conditionals."}[stage]
+
+
+def keep_if_best(out: Path, model: BandModel, stage: str, state: TrainState, valid: dict) -> None:
+    """Save the stage's weights when validation improves: the MLPs overfit after a few epochs."""
+    loss = sum(v for k, v in valid.items() if k.startswith("loss"))
+    if stage in state.best and loss >= state.best[stage][0]:
+        return
+    folder = out / STATE_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    prefix = stage_prefix(stage)
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k.startswith(prefix)}
+    save_file(weights, str(folder / f"best-{stage}.safetensors.tmp"))
+    os.replace(folder / f"best-{stage}.safetensors.tmp", folder / f"best-{stage}.safetensors")
+    state.best[stage] = [loss, state.epoch]
+
+
+def restore_best(out: Path, model: BandModel, stage: str, state: TrainState) -> None:
+    """End a stage on its best validation epoch, not its last."""
+    if stage not in state.best:
+        return
+    weights = load_file(str(out / STATE_DIR / f"best-{stage}.safetensors"))
+    model.load_state_dict(weights, strict=False)
+    log.info("%s: keeping epoch %d (validation loss %.4g)", stage, state.best[stage][1], state.best[stage][0])
 
 
 def _fmt(metrics: dict) -> str:
@@ -322,10 +352,11 @@ def _fmt(metrics: dict) -> str:
 
 
 def final_report(state: TrainState, seconds: float) -> dict:
-    last = {}
-    for entry in state.history:  # the last validation of each stage
-        last[entry["stage"]] = entry["valid"]
-    return {"seconds": round(seconds, 1), "valid": last}
+    kept = {}
+    for entry in state.history:  # the validation of each stage's kept (best) epoch
+        if entry["epoch"] == state.best.get(entry["stage"], [None, entry["epoch"]])[1]:
+            kept[entry["stage"]] = {"epoch": entry["epoch"], **entry["valid"]}
+    return {"seconds": round(seconds, 1), "valid": kept}
 
 
 def plot_history(history: list[dict], path: Path) -> None:
