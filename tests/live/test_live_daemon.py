@@ -216,3 +216,34 @@ def test_fuzzed_midi_bytes_and_osc_packets_never_crash_it(start_daemon, jack_ser
     out.close_port()
     sock.close()
     assert daemon.stop() == 0
+
+
+def test_port_per_instrument_and_echo_piano(start_daemon, jack_server) -> None:
+    from tests.live.conftest import Received, find_port, jack_connect, unique
+
+    daemon = start_daemon("--port-per-instrument", "--echo-piano", "--channels", "drums=11")
+    backend = mido.Backend("mido.backends.rtmidi/UNIX_JACK")
+    name = unique("vjppi")
+    heard: dict[str, list[Received]] = {}
+    inputs = []
+    for instrument in ("piano", "guitar", "bass", "strings", "drums"):
+        heard[instrument] = []
+        inputs.append(backend.open_input(
+            instrument, client_name=name,
+            callback=lambda msg, into=heard[instrument]: into.append(Received(time.perf_counter(), msg))))
+        jack_connect(find_port(daemon.client, f"vaejam {instrument}"), find_port(name, instrument))
+    keys = backend.open_output("keys", client_name=name)
+    jack_connect(find_port(name, "keys"), find_port(daemon.client, "vaejam in"))
+    from tests.live.conftest import Client
+
+    play(Client(name, backend, keys, None), 180.0, ticks=96 * 3 + 10, notes=chords(3))  # type: ignore[arg-type]
+    assert daemon.stop() == 0
+    time.sleep(0.2)
+    expected = {"piano": 0, "guitar": 1, "bass": 2, "strings": 3, "drums": 10}
+    for instrument, received in heard.items():
+        channels = {r.msg.channel for r in received if r.msg.type in ("note_on", "note_off")}
+        assert channels <= {expected[instrument]}, (instrument, channels)
+        assert unpaired_notes(received) == []
+    assert sum(len(r) for r in heard.values()) > 0
+    for port in (*inputs, keys):
+        port.close()
