@@ -86,3 +86,21 @@ def test_cli_refuses_to_overwrite_a_run(corpus_dir, tmp_path, capsys):
 def test_cli_bad_corpus(tmp_path, capsys):
     assert main(["train", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "m")]) == 2
     assert "no such corpus" in capsys.readouterr().err
+
+
+def test_calibrated_thresholds_reproduce_the_data_density(corpus_dir, tmp_path):
+    from training.corpus import load_corpus
+    from training.train import calibrate_thresholds, pick_device
+    train(config(corpus_dir, tmp_path, vae_epochs=2, nn_epochs=2))
+    model = load_band_model(tmp_path)
+    corpus = load_corpus(corpus_dir, "train")
+    thresholds = calibrate_thresholds(model, corpus, config(corpus_dir, tmp_path), pick_device("cpu"))
+    torch.testing.assert_close(model.thresholds, thresholds, atol=2e-3, rtol=0)  # float16 on disk
+    pairs = corpus.pairs()
+    with torch.inference_mode():
+        latents = model.encode_means(torch.from_numpy(corpus.float_bars(pairs[:, 0])))
+        next_piano = model.melody(latents[:, 0])
+        bass = model.vaes["bass"].decode(model.conditionals["bass"](next_piano, latents[:, 2]))
+    played = float((bass > thresholds[2]).sum()) / len(pairs)
+    real = float((corpus.bars[pairs[:, 1], 2] > 0).sum()) / len(pairs)
+    assert 0.5 * real < played < 2 * real  # noise-free here, calibrated with noise: near, not equal
