@@ -42,6 +42,7 @@ Clock = Callable[[], float]
 CLOCK_MESSAGES = frozenset({"clock", "start", "continue", "stop", "songpos"})
 SUSTAIN_CC = 64
 DEFAULT_TAKES_DIR = "takes"  # /vaejam/record 1 without --record DIR
+TAKE_TEMPO_CHANGE = 0.01  # relative tempo change that writes a new tempo into the take
 
 
 class Engine(Protocol):
@@ -584,7 +585,9 @@ class LiveSession:
         if self._take_origin is None:
             return
         bpm = self._tempo()
-        if abs(bpm - self._take_bpm) > 0.5:
+        # 1 %: JACK's period jitter moves the MIDI clock's tempo estimate by ~0.5 %, which must not
+        # write a tempo change into the take every bar
+        if abs(bpm - self._take_bpm) > TAKE_TEMPO_CHANGE * self._take_bpm:
             self._take_bpm = bpm
             step = self._serial * STEPS_PER_BAR - self._take_origin
             self.worker.submit(lambda: self._recorder and self._recorder.set_tempo(step, bpm))

@@ -7,7 +7,7 @@ from typing import Callable, Sequence
 import mido
 import numpy as np
 
-from tests.live.conftest import Client, Received
+from .harness import Client, Received
 
 PianoNote = tuple[int, int, int, int]  # (on step, off step, pitch, velocity), steps from song start
 

@@ -8,8 +8,8 @@ import mido
 import numpy as np
 import pytest
 
-from tests.live.conftest import PERIOD_S
-from tests.live.player import chords, first_of_each_step, grid_errors_ms, play, unpaired_notes
+from .harness import PERIOD_S
+from .player import chords, first_of_each_step, grid_errors_ms, play, unpaired_notes
 
 pytestmark = [pytest.mark.jack, pytest.mark.slow]
 BAND_CHANNELS = {1, 2, 3, 9}  # guitar 2, bass 3, strings 4, drums 10 (0-based)
@@ -156,7 +156,7 @@ def test_sigterm_finalises_the_take(start_daemon, connect_client, tmp_path) -> N
 
 
 def test_reconnects_a_named_input_port_that_comes_back(start_daemon, jack_server) -> None:
-    from tests.live.conftest import unique
+    from .harness import unique
 
     backend = mido.Backend("mido.backends.rtmidi/UNIX_JACK")
     source = unique("vjsrc")
@@ -187,7 +187,7 @@ def test_fuzzed_midi_bytes_and_osc_packets_never_crash_it(start_daemon, jack_ser
     import rtmidi
     from hypothesis import HealthCheck, given, settings, strategies as st
 
-    from tests.live.conftest import find_port, jack_connect, unique
+    from .harness import find_port, jack_connect, unique
 
     daemon = start_daemon()
     source = unique("vjfuzz")
@@ -219,7 +219,7 @@ def test_fuzzed_midi_bytes_and_osc_packets_never_crash_it(start_daemon, jack_ser
 
 
 def test_port_per_instrument_and_echo_piano(start_daemon, jack_server) -> None:
-    from tests.live.conftest import Received, find_port, jack_connect, unique
+    from .harness import Received, find_port, jack_connect, unique
 
     daemon = start_daemon("--port-per-instrument", "--echo-piano", "--channels", "drums=11")
     backend = mido.Backend("mido.backends.rtmidi/UNIX_JACK")
@@ -234,7 +234,7 @@ def test_port_per_instrument_and_echo_piano(start_daemon, jack_server) -> None:
         jack_connect(find_port(daemon.client, f"vaejam {instrument}"), find_port(name, instrument))
     keys = backend.open_output("keys", client_name=name)
     jack_connect(find_port(name, "keys"), find_port(daemon.client, "vaejam in"))
-    from tests.live.conftest import Client
+    from .harness import Client
 
     play(Client(name, backend, keys, None), 180.0, ticks=96 * 3 + 10, notes=chords(3))  # type: ignore[arg-type]
     assert daemon.stop() == 0
