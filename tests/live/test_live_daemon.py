@@ -247,3 +247,62 @@ def test_port_per_instrument_and_echo_piano(start_daemon, jack_server) -> None:
     assert sum(len(r) for r in heard.values()) > 0
     for port in (*inputs, keys):
         port.close()
+
+
+def test_the_live_band_plays_what_the_engine_plays_offline_with_controls_from_the_next_bar(
+        start_daemon, connect_client, model_dir) -> None:
+    """Same model, seed and piano bars: the live band's notes are the offline engine's notes, bar for
+    bar, and an OSC change during bar 2 shapes bar 3 (generated at bar 2's lookahead step), not bar 2."""
+    import torch
+
+    from bridge.session import roll_notes
+    from models.bars import BAND, N_PITCHES, STEPS_PER_BAR
+    from models.checkpoint import load_band_model
+    from models.controls import Controls
+    from models.engine import BandEngine
+    from models.style import load_style_banks
+
+    channels = {"guitar": 1, "bass": 2, "strings": 3, "drums": 9}
+    daemon = start_daemon("--autopilot", "0")
+    client = connect_client(daemon)
+    changes = {"noise_sd": 0.0, "velocity/guitar": 0.5}
+
+    def change() -> None:
+        for name, value in changes.items():
+            daemon.osc(f"/vaejam/{name}", value)
+
+    part = chords(4)
+    play(client, 120.0, ticks=96 * 5 + 1, notes=part, at_tick={96 * 2 + 12: change})
+    time.sleep(0.3)
+    step_times = np.array(client.sent_ticks[::3])
+    live: dict[int, set] = {}
+    for r in client.band("note_on"):
+        index = int(np.searchsorted(step_times, r.t)) - 1  # the step clock that made the daemon send it
+        live.setdefault(index // 32, set()).add((r.msg.channel, r.msg.note, index % 32, r.msg.velocity))
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the daemon, so the float sums are the same
+    try:
+        model = load_band_model(model_dir)
+        engine = BandEngine(model, load_style_banks(model_dir, model), "cpu")
+        engine.warmup()
+        expected: dict[int, set] = {}
+        for bar in range(4):
+            if bar == 2:
+                controls = Controls()
+                for name, value in changes.items():
+                    controls = controls.updated(name, value)
+                engine.set_controls(controls)
+            roll = np.zeros((STEPS_PER_BAR, N_PITCHES), np.float32)
+            for on, off, pitch, velocity in part:
+                if bar * 32 <= on < bar * 32 + 32:
+                    roll[on - bar * 32:off - bar * 32, pitch] = velocity / 127
+            out = engine.step(roll)
+            expected[bar + 1] = {(channels[name], n.pitch, n.start, n.velocity)
+                                 for i, name in enumerate(BAND, start=1) for n in roll_notes(out[i])}
+    finally:
+        torch.set_num_threads(threads)
+    assert all(expected[bar] for bar in range(1, 5)), "the engine played an empty bar: nothing compared"
+    for bar in range(1, 5):
+        assert live.get(bar, set()) == expected[bar], f"bar {bar}"
+    assert daemon.stop() == 0
