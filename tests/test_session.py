@@ -411,3 +411,47 @@ def test_quantising_follows_a_tempo_jump() -> None:
     rig.session.on_midi(mido.Message("note_on", note=60, velocity=90), last_t + 4 * fast)  # tick 81 = step 27
     rig.session.on_midi(mido.Message("note_off", note=60), last_t + 4 * fast + 0.001)
     assert np.flatnonzero(rig.session.piano_bar(0)[:, 60]).tolist() == [27]
+
+
+_EVENTS = st.one_of(
+    st.tuples(st.just("clock"), st.integers(1, 40)),  # a run of clocks
+    st.tuples(st.sampled_from(["start", "stop", "continue"]), st.just(0)),
+    st.tuples(st.just("songpos"), st.integers(0, 64)),
+    st.tuples(st.just("note_on"), st.integers(0, 127)),
+    st.tuples(st.just("note_off"), st.integers(0, 127)),
+    st.tuples(st.just("pedal"), st.integers(0, 127)),
+    st.tuples(st.just("panic"), st.just(0)),
+    st.tuples(st.just("mute"), st.integers(0, 1)),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_EVENTS, max_size=60))
+def test_any_message_order_leaves_nothing_sounding_after_stop(events: list[tuple[str, int]]) -> None:
+    rig = Rig()
+    now = T0
+    for kind, value in events:
+        if kind == "clock":
+            for _ in range(value):
+                now += TICK_S
+                rig.session.on_midi(mido.Message("clock"), now)
+                rig.session.worker.drain()
+        elif kind in ("start", "stop", "continue"):
+            rig.session.on_midi(mido.Message(kind), now)
+        elif kind == "songpos":
+            rig.session.on_midi(mido.Message("songpos", pos=value), now)
+        elif kind == "note_on":
+            rig.session.on_midi(mido.Message("note_on", note=value, velocity=1 + value % 127), now)
+        elif kind == "note_off":
+            rig.session.on_midi(mido.Message("note_off", note=value), now)
+        elif kind == "pedal":
+            rig.session.on_midi(mido.Message("control_change", control=64, value=value), now)
+        elif kind == "panic":
+            rig.session.panic()
+        else:
+            rig.session.set_control("mute/drums", value)
+    rig.session.on_midi(mido.Message("stop"), now)
+    assert not rig.scheduler.sounding() and rig.scheduler.pending() == 0
+    ons = sum(1 for _, _, m in rig.sent if m.type == "note_on")
+    offs = sum(1 for _, _, m in rig.sent if m.type == "note_off")
+    assert ons == offs
