@@ -306,3 +306,29 @@ def test_the_live_band_plays_what_the_engine_plays_offline_with_controls_from_th
     for bar in range(1, 5):
         assert live.get(bar, set()) == expected[bar], f"bar {bar}"
     assert daemon.stop() == 0
+
+
+def test_record_on_and_off_over_osc_writes_one_take(start_daemon, connect_client, tmp_path) -> None:
+    daemon = start_daemon("--record", str(tmp_path))  # the folder; recording itself starts with the daemon
+    client = connect_client(daemon)
+    daemon.osc("/vaejam/record", 0)  # end the start-up take
+    time.sleep(0.2)
+    assert daemon.status()["recording"] == 0
+    marks = {}
+
+    def record_on() -> None:
+        daemon.osc("/vaejam/record", 1)
+        marks["on"] = time.perf_counter()
+
+    play(client, 180.0, ticks=96 * 3 + 10, notes=chords(3), at_tick={96 + 2: record_on})
+    status = daemon.status()
+    assert status["recording"] == 1 and status["take"]
+    daemon.osc("/vaejam/record", 0)
+    time.sleep(0.3)
+    assert daemon.status()["recording"] == 0
+    takes = sorted(tmp_path.glob("take-*.mid"))
+    assert len(takes) == 2  # never overwritten: the start-up take and this one
+    newest = mido.MidiFile(status["take"])
+    piano = next(t for t in newest.tracks if t.name == "piano")
+    assert sum(1 for m in piano if m.type == "note_on" and m.velocity > 0) >= 12  # bars 1 and 2 at least
+    assert daemon.stop() == 0
