@@ -332,3 +332,32 @@ def test_record_on_and_off_over_osc_writes_one_take(start_daemon, connect_client
     piano = next(t for t in newest.tracks if t.name == "piano")
     assert sum(1 for m in piano if m.type == "note_on" and m.velocity > 0) >= 12  # bars 1 and 2 at least
     assert daemon.stop() == 0
+
+
+def test_reconnects_a_named_output_port_that_comes_back(start_daemon, jack_server) -> None:
+    from .harness import Received, find_port, jack_connect, unique
+
+    backend = mido.Backend("mido.backends.rtmidi/UNIX_JACK")
+    sink = unique("vjsink")
+    heard: list[Received] = []
+
+    def open_sink():
+        return backend.open_input("band", client_name=sink,
+                                  callback=lambda msg: heard.append(Received(time.perf_counter(), msg)))
+
+    port = open_sink()
+    daemon = start_daemon("--out-port", f"{sink}:band")
+    time.sleep(0.3)
+    daemon.osc("/vaejam/panic")  # CC 123 on every band channel: proof the output is connected
+    time.sleep(0.3)
+    assert any(r.msg.type == "control_change" for r in heard)
+    port.close()
+    time.sleep(2.5)  # the daemon notices within ~1 s
+    heard.clear()
+    port = open_sink()
+    time.sleep(2.5)
+    daemon.osc("/vaejam/panic")
+    time.sleep(0.3)
+    assert any(r.msg.type == "control_change" for r in heard), "".join(daemon.stderr)[-2000:]
+    port.close()
+    assert daemon.stop() == 0
