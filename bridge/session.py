@@ -291,6 +291,7 @@ class LiveSession:
         self._last_inference_ms = 0.0  # _lock
         self._counters = _Counters()  # _lock
         self._take_origin: int | None = None  # serial step where the take started; _lock
+        self._take_has_notes = False  # a note went into the take: its start stays put; _lock
         self._take_path: Path | None = None  # _lock
         self._take_bpm = 0.0  # tempo last written to the take; _lock
         self._recorder: Recorder | None = None  # used on the worker thread only; set there
@@ -436,6 +437,7 @@ class LiveSession:
         self._running = True
         self._serial += 1
         self._bar_abs = tick // TICKS_PER_BAR
+        self._slide_empty_take()
         self._last_tick, self._last_t = tick, t
         self._expected, self._ready = None, None
 
@@ -467,6 +469,7 @@ class LiveSession:
         """A new bar: play the generated bar if it is ready, else count it late."""
         self._serial += 1
         self._downbeat_t = self._last_t
+        self._slide_empty_take()
         self._bar_abs = bar_abs
         oldest = (self._serial - 2) * STEPS_PER_BAR
         self._closed = [n for n in self._closed if n.end > oldest]
@@ -534,6 +537,7 @@ class LiveSession:
             if self._take_origin is not None:
                 return
             self._take_origin = max(self._serial, 0) * STEPS_PER_BAR
+            self._take_has_notes = False
             self._take_bpm = self._tempo()
             bpm = self._take_bpm
         make = self.options.make_recorder or _take_recorder
@@ -564,10 +568,22 @@ class LiveSession:
 
         self.worker.submit(stop)
 
+    def _slide_empty_take(self) -> None:
+        """A take begins with its first note, not minutes of internal-clock bars before the DAW starts:
+        while nothing is recorded (and no key is held), its start moves to the bar in progress."""
+        if self._take_origin is None or self._take_has_notes or self._open:
+            return
+        self._take_origin = self._serial * STEPS_PER_BAR
+        bpm = self._tempo()
+        if bpm != self._take_bpm:
+            self._take_bpm = bpm
+            self.worker.submit(lambda: self._recorder and self._recorder.set_tempo(0, bpm))
+
     def _record_piano(self, note: PianoNote) -> None:
         origin = self._take_origin
         if origin is None or note.end <= origin:
             return
+        self._take_has_notes = True
         shifted = Note(max(note.start - origin, 0), note.end - origin, note.pitch, note.velocity)
         self.worker.submit(lambda: self._recorder and self._recorder.add_notes("piano", [shifted], 0))
 
@@ -579,6 +595,7 @@ class LiveSession:
         for name in played:
             if name != "piano":  # the take's piano is the one played, not the predicted one
                 notes = list(result.parts[name])
+                self._take_has_notes = self._take_has_notes or bool(notes)
                 self.worker.submit(lambda n=name, ns=notes: self._recorder and self._recorder.add_notes(n, ns, offset))
 
     def _flush_take(self) -> None:

@@ -455,3 +455,16 @@ def test_any_message_order_leaves_nothing_sounding_after_stop(events: list[tuple
     ons = sum(1 for _, _, m in rig.sent if m.type == "note_on")
     offs = sum(1 for _, _, m in rig.sent if m.type == "note_off")
     assert ons == offs
+
+
+def test_a_take_starts_at_its_first_bar_with_notes() -> None:
+    rig = Rig(record_dir="/tmp/takes-test")
+    rig.session.start()  # recording from start-up, on the internal clock
+    for _ in range(3):  # three silent bars of the internal clock: not in the take
+        rig.session.internal.service(rig.session.internal._anchor_t + 96 * 3 * TICK_S)
+    rig.start()  # the DAW starts
+    rig.note(60, 96, 100)  # first note in the DAW's bar 1
+    rig.run_to(96 * 2 + 10)
+    rig.session.close()
+    rig.session.worker.drain()
+    assert ("piano", 0, 1, 60) in rig.recorders[0].notes  # the DAW's bar 1 is the take's bar 0

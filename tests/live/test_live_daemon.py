@@ -91,12 +91,13 @@ def test_panic_leaves_nothing_sounding(start_daemon, connect_client) -> None:
     daemon.stop()
 
 
-def test_sigterm_releases_every_note_and_exits_0(start_daemon, connect_client) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_releases_every_note_and_exits_0(start_daemon, connect_client, sig: int) -> None:
     daemon = start_daemon()
     client = connect_client(daemon)
     play(client, 140.0, ticks=96 + 20, notes=chords(2))
     assert client.band("note_on")
-    assert daemon.stop(signal.SIGTERM) == 0
+    assert daemon.stop(sig) == 0
     time.sleep(0.2)
     assert unpaired_notes(client.received) == []
     assert any("vaejam stopped" in line for line in daemon.lines)
