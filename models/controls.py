@@ -30,6 +30,8 @@ CONTROL_SPECS: dict[str, ControlSpec] = {
     "style": ControlSpec(str, None, None, "",
         "Style bank name (vaejam style add NAME REF.mid); empty for none"),
     "seed": ControlSpec(int, 0, 2**31 - 1, 0, "Random seed; setting it restarts the band's random stream"),
+    "key_lock": ControlSpec(int, 0, 1, 1,
+        "1 keeps guitar, bass and strings in the key the piano plays in (out-of-key notes move a semitone); 0 = the raw model"),
     "mute": ControlSpec(int, 0, 1, 0, "1 silences the instrument (its sounding notes are released)", True),
     "density": ControlSpec(float, 0.0, 1.0, 0.5,
         "More or fewer notes: lowers or raises the binarisation threshold of the decoded bar", True),
@@ -79,6 +81,7 @@ class Controls:
     alpha: float = CONTROL_SPECS["alpha"].default  # type: ignore[assignment]
     style: str = ""
     seed: int = 0
+    key_lock: int = 1
     mute: Mapping[str, int] = field(default_factory=lambda: _per_instrument("mute"))
     density: Mapping[str, float] = field(default_factory=lambda: _per_instrument("density"))
     velocity: Mapping[str, float] = field(default_factory=lambda: _per_instrument("velocity"))

@@ -14,6 +14,7 @@ import torch
 from models.bars import BAND, INSTRUMENTS, N_PITCHES, STEPS_PER_BAR
 from models.controls import Controls, density_threshold
 from models.fused import FusedBand
+from models.harmony import KeyTracker, snap_to_scale
 from models.networks import BandModel
 from models.style import StyleBank, sample_style
 
@@ -43,6 +44,7 @@ class BandEngine:
         # (5, K): the latent each instrument played last; at first a typical training bar's
         self.previous = self.model.initial_latents.detach().clone().to(self.device)
         self.dynamics = DEFAULT_DYNAMICS
+        self.key = KeyTracker()
 
     def set_controls(self, controls: Controls) -> None:
         """Apply a whole setting at once; a new seed restarts the random stream."""
@@ -66,8 +68,14 @@ class BandEngine:
         played = piano_bar[piano_bar > 0]
         if played.size:
             self.dynamics = float(played.mean())
+            self.key.update(piano_bar)
         decoded = self._decode_next(torch.from_numpy(np.ascontiguousarray(piano_bar, np.float32)))
         out = self._binarise(decoded)
+        scale = self.key.scale_mask() if self.controls.key_lock else None
+        if scale is not None:
+            for i, instrument in enumerate(INSTRUMENTS):
+                if instrument != "drums":
+                    out[i] = snap_to_scale(out[i], scale)
         self.last_step_ms = (time.perf_counter() - started) * 1000
         return out
 
@@ -114,8 +122,8 @@ class BandEngine:
 
     def warmup(self, steps: int = 3) -> None:
         """A few throw-away steps so the first real bar does not pay for lazy initialisation."""
-        saved = (self.previous.clone(), self.generator.get_state(), self.dynamics)
+        saved = (self.previous.clone(), self.generator.get_state(), self.dynamics, self.key.histogram.copy())
         for _ in range(steps):
             self.step(np.zeros((STEPS_PER_BAR, N_PITCHES), np.float32))
-        self.previous, self.dynamics = saved[0], saved[2]
+        self.previous, self.dynamics, self.key.histogram = saved[0], saved[2], saved[3]
         self.generator.set_state(saved[1])
