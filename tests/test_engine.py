@@ -109,3 +109,24 @@ def test_warmup_does_not_change_the_stream(tiny_model_dir):
     warm = BandEngine(model)
     warm.warmup()
     np.testing.assert_array_equal(run(warm), run(BandEngine(model)))
+
+
+def test_drop_blips_keeps_held_notes_only():
+    from models.engine import drop_blips
+    on = np.zeros((32, 128), bool)
+    on[0, 60] = True  # a 32nd blip
+    on[4:8, 62] = True  # a held note
+    on[31, 64] = True  # a blip at the bar's end
+    kept = drop_blips(on)
+    assert kept[4:8, 62].all() and kept.sum() == 4
+
+
+def test_an_empty_bar_is_retried_before_the_instrument_rests(engine):
+    base = engine.base_thresholds[INSTRUMENTS.index("bass")]
+    decoded = np.zeros((5, 32, 128), np.float32)
+    bass = INSTRUMENTS.index("bass")
+    decoded[bass, 0:4, 40] = base * 0.6  # below the threshold, above a quarter of it
+    decoded[INSTRUMENTS.index("guitar"), 0:4, 60] = base * 0.1  # too faint even at 4x density
+    out = engine._binarise(decoded)
+    assert out[bass, 0:4, 40].all()
+    assert not out[INSTRUMENTS.index("guitar")].any()
