@@ -107,7 +107,7 @@ def _engine_controls() -> list[OscAddress]:
 _DAEMON_CONTROLS = (
     OscAddress(f"{PREFIX}/tempo", "f", "tempo", "control", MIN_BPM, MAX_BPM, 120.0,
                "Tempo in BPM of the internal clock (ignored while following the DAW's MIDI clock)"),
-    OscAddress(f"{PREFIX}/autopilot", "i", "autopilot", "control", 0, 64, 0,
+    OscAddress(f"{PREFIX}/autopilot", "i", "autopilot", "control", 0, 64, 4,
                "Bars the band keeps playing on its own predicted piano after the pianist stops; 0 = off"),
     OscAddress(f"{PREFIX}/record", "i", "record", "control", 0, 1, 0,
                "1 starts a new take (multi-track .mid in the record folder), 0 ends it"),
