@@ -22,8 +22,9 @@ from typing import Callable
 import mido
 import numpy as np
 
-from bridge.recorder import TakeRecorder
+from bridge.clock import check_bpm
 from bridge.midi_io import API_CHOICES, MidiIO, MidiPortError, PortOptions, channel_map
+from bridge.recorder import TakeRecorder
 from bridge.scheduler import DEFAULT_CHANNELS, NoteScheduler
 from bridge.session import LiveSession, SessionOptions
 from models.bars import BAND, N_PITCHES, STEPS_PER_BAR
@@ -186,7 +187,6 @@ def start_daemon(args: argparse.Namespace) -> Daemon:
                                  echo_piano=args.echo_piano, bpm=args.bpm, record_dir=args.record,
                                  make_recorder=lambda directory: TakeRecorder(directory, channels),
                                  realtime_clock=True)
-        from bridge.clock import check_bpm
         check_bpm(args.bpm)
     except (TypeError, ValueError) as err:
         raise StartupError(str(err)) from err
@@ -237,9 +237,11 @@ _IMPORTED_AT = time.perf_counter()
 
 
 def run_command(args: argparse.Namespace) -> int:
-    sys.setswitchinterval(GIL_SWITCH_S)
     import torch
 
+    # Process-wide settings for the daemon, put back on return (tests call this in their own process).
+    switch, threads = sys.getswitchinterval(), torch.get_num_threads()
+    sys.setswitchinterval(GIL_SWITCH_S)
     # One intra-op thread: a bar is small, and on a busy 2-core machine a second torch thread spins
     # against the MIDI thread (measured: median step 6 ms with one thread, 100 ms with two under load).
     torch.set_num_threads(TORCH_THREADS)
@@ -250,6 +252,8 @@ def run_command(args: argparse.Namespace) -> int:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        sys.setswitchinterval(switch)
+        torch.set_num_threads(threads)
 
 
 def _serve(args: argparse.Namespace, stop: threading.Event) -> int:
