@@ -324,9 +324,17 @@ def stage_prefix(stage: str) -> str:
     return {"vae": "vaes.", "melody": "melody.", "conditional": "conditionals."}[stage]
 
 
+def selection_score(stage: str, valid: dict) -> float:
+    """Lower is better. The VAEs are chosen by mean validation F1 (their loss moves with the
+    pixel variance, which is re-set every batch); the MLPs by validation loss."""
+    if stage == "vae":
+        return -float(np.mean([v for k, v in valid.items() if k.startswith("f1best/")]))
+    return sum(v for k, v in valid.items() if k.startswith("loss"))
+
+
 def keep_if_best(out: Path, model: BandModel, stage: str, state: TrainState, valid: dict) -> None:
     """Save the stage's weights when validation improves: the MLPs overfit after a few epochs."""
-    loss = sum(v for k, v in valid.items() if k.startswith("loss"))
+    loss = selection_score(stage, valid)
     if stage in state.best and loss >= state.best[stage][0]:
         return
     folder = out / STATE_DIR
@@ -344,7 +352,7 @@ def restore_best(out: Path, model: BandModel, stage: str, state: TrainState) -> 
         return
     weights = load_file(str(out / STATE_DIR / f"best-{stage}.safetensors"))
     model.load_state_dict(weights, strict=False)
-    log.info("%s: keeping epoch %d (validation loss %.4g)", stage, state.best[stage][1], state.best[stage][0])
+    log.info("%s: keeping epoch %d (validation score %.4g)", stage, state.best[stage][1], state.best[stage][0])
 
 
 def _fmt(metrics: dict) -> str:
