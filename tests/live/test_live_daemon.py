@@ -369,3 +369,15 @@ def test_reconnects_a_named_output_port_that_comes_back(start_daemon, jack_serve
     assert any(r.msg.type == "control_change" for r in heard), "".join(daemon.stderr)[-2000:]
     port.close()
     assert daemon.stop() == 0
+
+
+def test_autopilot_plays_on_then_rests(start_daemon, connect_client) -> None:
+    daemon = start_daemon("--autopilot", "2")
+    client = connect_client(daemon)
+    play(client, 200.0, ticks=96 * 6 + 1, notes=chords(1))  # the pianist plays bar 0 only
+    status = daemon.status()
+    assert (status["bars_played"], status["autopilot_bars"]) == (1, 2)
+    assert status["rest_bars"] >= 3
+    # answers bar 0 in bar 1, then two autopilot bars (2, 3), then rests: nothing from bar 4 on
+    assert not client.band("note_on", since=client.sent_ticks[96 * 4])
+    assert daemon.stop() == 0
