@@ -381,3 +381,19 @@ def test_autopilot_plays_on_then_rests(start_daemon, connect_client) -> None:
     # answers bar 0 in bar 1, then two autopilot bars (2, 3), then rests: nothing from bar 4 on
     assert not client.band("note_on", since=client.sent_ticks[96 * 4])
     assert daemon.stop() == 0
+
+
+def test_continue_from_a_song_position_counts_bars_from_there(start_daemon, connect_client) -> None:
+    daemon = start_daemon()
+    client = connect_client(daemon)
+    client.send(mido.Message("songpos", pos=8 * 16))  # bar 8 (16 sixteenths a bar)
+    client.send(mido.Message("continue"))
+    play(client, 150.0, ticks=96 * 3 + 1, notes=chords(2), start=False)
+    time.sleep(0.1)  # the last clock reaches the daemon a JACK period later
+    status = daemon.status()
+    assert status["clock_source"] == "midi" and status["position_bar"] == 8 + 3
+    ons = client.band("note_on")
+    assert ons and min(r.t for r in ons) >= client.sent_ticks[96]  # bar 9 answers bar 8
+    errors = grid_errors_ms(client, first_of_each_step(client, ons))
+    assert np.median(errors) < 60_000.0 / 150 / 8 / 2  # on the step grid of the song position
+    assert daemon.stop() == 0
