@@ -24,13 +24,6 @@ def _patches(x: torch.Tensor, kh: int, kw: int) -> torch.Tensor:
     return x.reshape((h // kh) * (w // kw), c * kh * kw)
 
 
-def _unpatch(y: torch.Tensor, grid_h: int, grid_w: int, c: int, kh: int, kw: int) -> torch.Tensor:
-    """(B, grid_h*grid_w, c*kh*kw) patches -> (B, c, grid_h*kh, grid_w*kw) image."""
-    b = y.shape[0]
-    y = y.reshape(b, grid_h, grid_w, c, kh, kw).permute(0, 3, 1, 4, 2, 5)
-    return y.reshape(b, c, grid_h * kh, grid_w * kw)
-
-
 class FusedBand:
     """Frozen copies of a model's weights laid out for batched one-bar inference."""
 
@@ -59,10 +52,14 @@ class FusedBand:
     @staticmethod
     def _decoder_weights(params: dict, prefix: str) -> list[torch.Tensor]:
         weights = [params[f"{prefix}from_latent.weight"].T, params[f"{prefix}from_latent.bias"].unsqueeze(0)]
-        for layer in (2, 4, 6):
-            w = params[f"{prefix}decoder.{layer}.weight"]  # (in, out, kh, kw)
-            bias = params[f"{prefix}decoder.{layer}.bias"]
-            weights += [w.reshape(w.shape[0], -1), bias.repeat_interleave(w.shape[2] * w.shape[3]).unsqueeze(0)]
+        w1, b1 = params[f"{prefix}decoder.2.weight"], params[f"{prefix}decoder.2.bias"]  # (c3, c2, 2, 8)
+        weights += [w1.reshape(w1.shape[0], -1), b1.repeat_interleave(16).unsqueeze(0)]  # columns (c2, a, b)
+        # columns ordered (i, j, c1) instead of ConvTranspose's (c1, i, j): the output then reshapes
+        # straight into rows of 8x32 pixels for the last layer, with no transposing copy
+        w2, b2 = params[f"{prefix}decoder.4.weight"], params[f"{prefix}decoder.4.bias"]  # (c2, c1, 4, 4)
+        weights += [w2.permute(0, 2, 3, 1).reshape(w2.shape[0], -1), b2.repeat(16).unsqueeze(0)]
+        w3, b3 = params[f"{prefix}decoder.6.weight"], params[f"{prefix}decoder.6.bias"]  # (c1, 1, 4, 4)
+        weights += [w3.reshape(w3.shape[0], -1), b3.repeat(16).unsqueeze(0)]
         return weights
 
     def to(self, device: torch.device) -> "FusedBand":
@@ -97,12 +94,12 @@ class FusedBand:
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """(5, K) -> (5, 32, 128) in [0, 1], all five decoders at once."""
         wl, bl, w1, b1, w2, b2, w3, b3 = self.decoder
-        c1, c2, c3 = self.channels
+        c1, c2, _ = self.channels
         x = torch.relu(torch.bmm(latents.unsqueeze(1), wl) + bl)  # (5, 1, c3)
         x = torch.relu(torch.bmm(x, w1) + b1)  # (5, 1, c2*2*8): one patch
-        x = x.reshape(5, c2, 16).transpose(1, 2)  # (5, 2*8 positions, c2)
-        x = torch.relu(torch.bmm(x, w2) + b2)  # (5, 16, c1*4*4)
-        x = _unpatch(x, 2, 8, c1, 4, 4)  # (5, c1, 8, 32)
-        x = x.flatten(2).transpose(1, 2)  # (5, 256 positions, c1)
-        x = torch.bmm(x, w3) + b3  # (5, 256, 16)
-        return torch.sigmoid(_unpatch(x, 8, 32, 1, 4, 4)).squeeze(1)  # (5, 32, 128)
+        x = x.reshape(5, c2, 16).transpose(1, 2)  # (5, 16 positions (a, b), c2)
+        x = torch.relu(torch.bmm(x, w2) + b2)  # (5, 16, 4*4*c1): per position, (i, j, c1)
+        x = torch.bmm(x.reshape(5, 256, c1), w3) + b3  # (5, 256 pixels (a, b, i, j), 4*4 (k, l))
+        # pixel (a, b, i, j), sub-pixel (k, l) -> row a*16 + i*4 + k, column b*16 + j*4 + l
+        x = x.reshape(5, 2, 8, 4, 4, 4, 4).permute(0, 1, 3, 5, 2, 4, 6)
+        return torch.sigmoid(x.reshape(5, STEPS_PER_BAR, N_PITCHES))
