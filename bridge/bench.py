@@ -101,6 +101,7 @@ def jack_ports() -> list[str]:
 
 
 def find_port(client: str, port: str, timeout: float = 5.0) -> str:
+    """The full JACK name of `port` of client `client` (JACK may have numbered it: client-01)."""
     pattern = re.compile(rf"^{re.escape(client)}(-\d+)?:{re.escape(port)}$")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -108,7 +109,7 @@ def find_port(client: str, port: str, timeout: float = 5.0) -> str:
         if found:
             return found[0]
         time.sleep(0.1)
-    raise RuntimeError(f"no JACK port {client}:{port}")
+    raise RuntimeError(f"no JACK port {client}:{port} in {jack_ports()}")
 
 
 def transport(command: str) -> None:

@@ -16,6 +16,8 @@ import mido
 from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.osc_packet import OscPacket
 
+from bridge.bench import find_port  # one copy of the JACK port helpers
+
 REPO = Path(__file__).resolve().parents[2]
 PERIOD_FRAMES, RATE = 256, 48000
 PERIOD_S = PERIOD_FRAMES / RATE  # 5.33 ms: JACK moves MIDI once per period
@@ -30,22 +32,6 @@ def jack_answers() -> bool:
                               env={**os.environ, "JACK_NO_START_SERVER": "1"}).returncode == 0
     except subprocess.TimeoutExpired:
         return False
-
-
-def jack_ports() -> list[str]:
-    return subprocess.run(["jack_lsp"], capture_output=True, text=True, timeout=5).stdout.split("\n")
-
-
-def find_port(client: str, port: str, timeout: float = 5.0) -> str:
-    """The full JACK name of `port` of client `client` (JACK may have numbered it: client-01)."""
-    pattern = re.compile(rf"^{re.escape(client)}(-\d+)?:{re.escape(port)}$")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = [p for p in jack_ports() if pattern.match(p)]
-        if found:
-            return found[0]
-        time.sleep(0.1)
-    raise AssertionError(f"no JACK port {client}:{port} in {jack_ports()}")
 
 
 def jack_connect(source: str, destination: str) -> None:
