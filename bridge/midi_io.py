@@ -172,6 +172,9 @@ class MemoryOutput(BaseOutput):
             self.sent.append((self._clock(), msg))
 
 
+JACK_DRAIN_S = 0.1  # > 4 JACK periods of 1024 frames at 48 kHz
+
+
 def _rtmidi_api(api: str) -> int:
     import rtmidi  # lazily: only real ports need the library
 
@@ -237,6 +240,10 @@ class RtMidiOutput(BaseOutput):
             self._rt.send_message(msg.bytes())
 
     def _close(self) -> None:
+        if self.api == "jack":
+            # RtMidi's JACK output queues messages for the next process cycle; closing at once can
+            # drop the last note-offs (seen in CI: one note left sounding after SIGTERM)
+            time.sleep(JACK_DRAIN_S)
         with self._lock:
             self._rt.close_port()
             self._rt.delete()
