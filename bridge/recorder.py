@@ -131,8 +131,10 @@ class _NoteTrack:
         for note in self._open:
             prev = kept[-1] if kept and kept[-1][2] == note[2] else None
             if prev is not None and prev[1] > note[0]:
-                if prev[0] == note[0]:  # same onset: one note, the longer
-                    prev[1] = max(prev[1], note[1])
+                if prev[0] == note[0]:  # same onset: one note, the longer and (unless already
+                    prev[1] = max(prev[1], note[1])  # written) the louder, whatever order they came in
+                    if not prev[4]:
+                        prev[3] = max(prev[3], note[3])
                     continue
                 prev[1] = note[0]
             kept.append(note)
