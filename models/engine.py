@@ -11,7 +11,7 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from models.bars import BAND, INSTRUMENTS, N_PITCHES, STEPS_PER_BAR
+from models.bars import INSTRUMENTS, N_PITCHES, STEPS_PER_BAR
 from models.controls import Controls, density_threshold
 from models.fused import FusedBand
 from models.harmony import KeyTracker, snap_to_scale

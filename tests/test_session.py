@@ -16,7 +16,7 @@ from hypothesis import given, settings, strategies as st
 from hypothesis.extra.numpy import arrays
 
 from bridge.session import LiveSession, SessionOptions, roll_notes
-from models.bars import BAND, INSTRUMENTS, N_PITCHES, STEPS_PER_BAR, Note, roll_to_notes
+from models.bars import BAND, INSTRUMENTS, N_PITCHES, STEPS_PER_BAR, roll_to_notes
 from models.controls import Controls
 
 BPM = 120.0

@@ -20,7 +20,6 @@ comparable with ours):
 from __future__ import annotations
 
 import math
-from itertools import combinations
 from typing import Mapping
 
 import numpy as np

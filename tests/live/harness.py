@@ -16,7 +16,8 @@ import mido
 from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.osc_packet import OscPacket
 
-from bridge.bench import find_port  # one copy of the JACK port helpers
+from bridge.bench import find_port  # noqa: F401 - re-exported: one copy of the JACK port helpers
+
 
 REPO = Path(__file__).resolve().parents[2]
 PERIOD_FRAMES, RATE = 256, 48000

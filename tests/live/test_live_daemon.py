@@ -343,7 +343,7 @@ def test_record_on_and_off_over_osc_writes_one_take(start_daemon, connect_client
 
 
 def test_reconnects_a_named_output_port_that_comes_back(start_daemon, jack_server) -> None:
-    from .harness import Received, find_port, jack_connect, unique
+    from .harness import Received, unique
 
     backend = mido.Backend("mido.backends.rtmidi/UNIX_JACK")
     sink = unique("vjsink")
