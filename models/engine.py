@@ -44,7 +44,6 @@ class BandEngine:
         self.model = model.to(self.device).eval()
         self.fused = FusedBand(self.model).to(self.device)  # the per-bar path: a few bmm's
         self.base_thresholds = [float(t) for t in model.thresholds]  # calibrated, per instrument
-        self.latent_size = model.config.latent
         self.styles = dict(styles or {})
         self.controls = Controls()
         self.generator = torch.Generator(device=self.device)

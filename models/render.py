@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import logging
 import os
 import time
 from dataclasses import dataclass
@@ -23,9 +22,6 @@ from models.controls import Controls
 from models.engine import BandEngine
 from models.style import load_style_banks
 
-log = logging.getLogger(__name__)
-
-
 @dataclass
 class RenderResult:
     song: Song
@@ -33,17 +29,21 @@ class RenderResult:
     step_ms: list[float]  # engine time per bar
 
 
+def play_bars(engine: BandEngine, bars: np.ndarray, progress: bool = False) -> tuple[np.ndarray, list[float]]:
+    """The band over a song's piano part (n, 5, 32, 128), one bar at a time as live: bar t+1 of
+    the band from piano bar t. Returns the played piano plus the band's bars, and ms per step."""
+    band = np.zeros_like(bars)
+    band[:, 0] = bars[:, 0]
+    step_ms = []
+    for t in tqdm(range(len(bars) - 1), desc="render", unit="bar", disable=not progress):
+        band[t + 1, 1:] = engine.step(bars[t, 0])[1:]
+        step_ms.append(engine.last_step_ms)
+    return band, step_ms
+
+
 def render_song(engine: BandEngine, song: Song, progress: bool = False) -> RenderResult:
     """Feed the song's piano bars through the engine one at a time."""
-    piano = song.bars[:, 0]
-    band = np.zeros_like(song.bars)
-    band[:, 0] = piano
-    step_ms = []
-    for t in tqdm(range(len(piano) - 1), desc="render", unit="bar", disable=not progress):
-        next_bar = engine.step(piano[t])
-        band[t + 1, 1:] = next_bar[1:]
-        step_ms.append(engine.last_step_ms)
-    return RenderResult(song, band, step_ms)
+    return RenderResult(song, *play_bars(engine, song.bars, progress))
 
 
 def write_render(result: RenderResult, path: str | os.PathLike) -> pretty_midi.PrettyMIDI:

@@ -24,6 +24,7 @@ from models.checkpoint import load_band_model
 from models.controls import Controls
 from models.engine import BandEngine
 from models.networks import BandModel
+from models.render import play_bars
 from training.corpus import Corpus, load_corpus
 from training.metrics import (
     format_metrics_table, reconstruction_f1, shuffled_bars, song_metrics, transpose_metrics,
@@ -54,13 +55,7 @@ def reconstruction_scores(model: BandModel, corpus: Corpus, batch: int = 256) ->
 def play_song(engine: BandEngine, bars: np.ndarray) -> tuple[np.ndarray, list[float]]:
     """The band over a song's piano part, as live: bar t+1 from piano bar t (bar 0 is silent)."""
     engine.reset()
-    out = np.zeros_like(bars)
-    out[:, 0] = bars[:, 0]
-    times = []
-    for t in range(len(bars) - 1):
-        out[t + 1, 1:] = engine.step(bars[t, 0])[1:]
-        times.append(engine.last_step_ms)
-    return out, times
+    return play_bars(engine, bars)
 
 
 def evaluate(model: BandModel, corpus: Corpus, songs: int, seed: int = 0) -> dict:

@@ -197,11 +197,14 @@ CALIBRATION_NOISE_SD = 0.7  # the default noise_sd, so density 0.5 is calibrated
 
 
 @torch.inference_mode()
-def calibrate_thresholds(model: BandModel, corpus: Corpus, cfg: TrainConfig, device: torch.device) -> torch.Tensor:
+def calibrate_thresholds(model: BandModel, corpus: Corpus, cfg: TrainConfig, device: torch.device,
+                         latents: torch.Tensor | None = None) -> torch.Tensor:
     """Per instrument, the threshold at which the band's predicted bars have as many active
-    cells as the real next bars: what the engine plays at density 0.5."""
+    cells as the real next bars: what the engine plays at density 0.5. latents: the corpus's
+    encoded means, when the caller has them already."""
     model.eval()
-    latents = encode_corpus(model, corpus, cfg, device)
+    if latents is None:
+        latents = encode_corpus(model, corpus, cfg, device)
     pairs = corpus.pairs()
     rng = np.random.default_rng(cfg.seed)
     if len(pairs) > CALIBRATION_PAIRS:
@@ -273,11 +276,14 @@ def train(cfg: TrainConfig) -> dict:
     log.info("%d train bars, %d valid bars, %d parameters, device %s",
              len(train_set.bars), len(valid_set.bars), count_parameters(model), device)
     started = time.perf_counter() - state.seconds
+    latents: dict[str, torch.Tensor] = {}  # latent means of every bar, once the VAEs are final
     for stage in STAGES[STAGES.index(state.stage):]:
-        run_stage(model, stage, train_set, valid_set, cfg, state, out, device, moments, meta, started)
+        if stage != "vae" and not latents:
+            latents = {s: encode_corpus(model, c, cfg, device) for s, c in (("train", train_set), ("valid", valid_set))}
+        run_stage(model, stage, train_set, valid_set, cfg, state, out, device, moments, meta, started, latents)
         moments = meta = None  # only the stage we resumed into has saved moments
-    model.initial_latents.copy_(encode_corpus(model, train_set, cfg, device).mean(0))
-    model.thresholds.copy_(calibrate_thresholds(model, train_set, cfg, device))
+    model.initial_latents.copy_(latents["train"].mean(0))
+    model.thresholds.copy_(calibrate_thresholds(model, train_set, cfg, device, latents["train"]))
     log.info("calibrated thresholds: %s", dict(zip(INSTRUMENTS, model.thresholds.tolist())))
     report = final_report(state, time.perf_counter() - started)
     report["thresholds"] = dict(zip(INSTRUMENTS, [round(t, 4) for t in model.thresholds.tolist()]))
@@ -288,7 +294,8 @@ def train(cfg: TrainConfig) -> dict:
 
 
 def run_stage(model: BandModel, stage: str, train_set: Corpus, valid_set: Corpus, cfg: TrainConfig,
-              state: TrainState, out: Path, device: torch.device, moments, meta, started: float) -> None:
+              state: TrainState, out: Path, device: torch.device, moments, meta, started: float,
+              latents: dict[str, torch.Tensor]) -> None:
     opt = torch.optim.Adam(stage_parameters(model, stage), lr=cfg.lr)
     if state.stage == stage and moments is not None:
         restore_optimizer(opt, moments, meta["param_groups"])
@@ -296,7 +303,6 @@ def run_stage(model: BandModel, stage: str, train_set: Corpus, valid_set: Corpus
         state.stage, state.epoch = stage, 0
     epochs = cfg.vae_epochs if stage == "vae" else cfg.nn_epochs
     if stage != "vae":
-        latents = {s: encode_corpus(model, c, cfg, device) for s, c in (("train", train_set), ("valid", valid_set))}
         pairs = {"train": train_set.pairs(), "valid": valid_set.pairs()}
     progress = tqdm(range(state.epoch, epochs), desc=f"{stage}", unit="epoch", initial=state.epoch, total=epochs)
     for epoch in progress:
