@@ -9,6 +9,7 @@ the take finalised, and the outputs closed.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import signal
@@ -23,7 +24,8 @@ import mido
 import numpy as np
 
 from bridge.clock import check_bpm
-from bridge.midi_io import API_CHOICES, MidiIO, MidiPortError, PortOptions, channel_map
+from bridge.jack_server import JackServer, JackStartError
+from bridge.midi_io import API_CHOICES, MidiIO, MidiPortError, PortOptions, apis_to_try, channel_map
 from bridge.recorder import TakeRecorder
 from bridge.scheduler import DEFAULT_CHANNELS, NoteScheduler
 from bridge.session import LiveSession, SessionOptions
@@ -51,6 +53,9 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
                    help="auto: the faster of cpu/cuda, timed at start-up (default: auto)")
     p.add_argument("--midi-api", choices=API_CHOICES, default="auto",
                    help="auto: the platform's own MIDI (ALSA/CoreMIDI), then JACK (default: auto)")
+    p.add_argument("--start-jack", action="store_true",
+                   help="when JACK is needed and no server of our name ($JACK_DEFAULT_SERVER or default) "
+                   "answers, start a headless jackd (dummy driver) and stop it on exit")
     p.add_argument("--in-port", metavar="NAME", help="read the piano from this existing port (e.g. loopMIDI)")
     p.add_argument("--out-port", metavar="NAME", help="send the band to this existing port")
     p.add_argument("--port-per-instrument", action="store_true",
@@ -60,7 +65,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--channels", default="", metavar="NAME=CH,...",
                    help="MIDI channels 1-16 (default: guitar=2,bass=3,strings=4,drums=10,piano=1)")
     p.add_argument("--echo-piano", action="store_true", help="also play the band's predicted piano")
-    p.add_argument("--bpm", type=float, default=120.0, help="internal clock tempo when no MIDI clock comes (120)")
+    p.add_argument("--bpm", type=float, default=120.0, help="internal clock tempo when no MIDI clock comes")
     p.add_argument("--osc-host", default="127.0.0.1", help="OSC address to listen on (default: 127.0.0.1)")
     p.add_argument("--osc-port", type=int, default=DEFAULT_OSC_PORT, help="OSC UDP port (default: 9000; 0 = any)")
     p.add_argument("--record", metavar="DIR", help="record takes (.mid, flushed every bar) into DIR from the start")
@@ -80,12 +85,25 @@ class Daemon:
     osc: object
     housekeeper: "Housekeeper"
 
-    def shutdown(self) -> None:
-        self.housekeeper.stop(block=True)
-        self.osc.stop(block=True)  # type: ignore[attr-defined]
-        self.midi.close_input()  # no more clock ticks: nothing can be scheduled after the panic
-        self.session.close()  # note-offs + CC 123, take finalised, worker ended
-        self.midi.close()
+    def shutdown(self) -> bool:
+        """Every step runs even when one before it failed (a port error must not skip the note-offs);
+        True when all of them succeeded. A failure used to escape as an OSError (rtmidi's SystemError
+        is one), which the CLI turns into exit status 2 after a normal-looking log."""
+        steps: tuple[tuple[str, Callable[[], object]], ...] = (
+            ("housekeeping", lambda: self.housekeeper.stop(block=True)),
+            ("OSC server", lambda: self.osc.stop(block=True)),  # type: ignore[attr-defined]
+            ("MIDI input", self.midi.close_input),  # no more clock ticks: nothing scheduled after the panic
+            ("session", self.session.close),  # note-offs + CC 123, take finalised, worker ended
+            ("MIDI outputs", self.midi.close),  # each JACK output drained first
+        )
+        ok = True
+        for what, step in steps:
+            try:
+                step()
+            except Exception:  # noqa: BLE001 - the next steps still release notes and close ports
+                log.exception("shutdown: closing the %s failed", what)
+                ok = False
+        return ok
 
 
 class Housekeeper(threading.Thread):
@@ -139,7 +157,8 @@ def pick_device(model, styles, choice: str, steps: int = 20) -> str:
     import torch
 
     if choice == "cuda" and not torch.cuda.is_available():
-        raise StartupError("--device cuda: no CUDA device is available (use --device cpu or auto)")
+        from bridge.cli import no_cuda_message
+        raise StartupError(no_cuda_message())
     if choice != "auto":
         return choice
     if not torch.cuda.is_available():
@@ -177,8 +196,9 @@ class _LateSend:
             self.midi.send(instrument, msg)
 
 
-def start_daemon(args: argparse.Namespace) -> Daemon:
-    """Load, warm, open, listen; StartupError for anything the user must fix."""
+def start_daemon(args: argparse.Namespace, jack: JackServer | None = None) -> Daemon:
+    """Load, warm, open, listen; StartupError for anything the user must fix. With a JackServer,
+    a headless JACK server is started when the ports need one and none answers."""
     from bridge.osc_server import OscServer
 
     try:
@@ -200,10 +220,8 @@ def start_daemon(args: argparse.Namespace) -> Daemon:
     session = LiveSession(engine, NoteScheduler(send, channels), options)
     instruments = (*BAND, "piano") if args.echo_piano else BAND
     try:
-        midi = MidiIO(PortOptions(args.midi_api, args.in_port, args.out_port, args.port_per_instrument,
-                                  args.client_name),
-                      session.on_midi, instruments)
-    except (MidiPortError, ValueError) as err:
+        midi = _open_midi(args, session, instruments, jack)
+    except (MidiPortError, JackStartError, ValueError) as err:
         session.close()
         raise StartupError(str(err)) from err
     send.midi = midi
@@ -211,15 +229,41 @@ def start_daemon(args: argparse.Namespace) -> Daemon:
         osc = OscServer(session, args.osc_host, args.osc_port)
         osc.start()
     except OSError as err:
-        midi.close()
+        # session first, as in Daemon.shutdown: its note-offs go to ports still open (no warnings)
         session.close()
-        raise StartupError(f"cannot listen for OSC on {args.osc_host}:{args.osc_port}: {err}") from err
+        midi.close()
+        said = err.strerror or str(err)  # the server's own message already names the address
+        if "cannot listen" not in said:
+            said = f"cannot listen for OSC on {args.osc_host}:{args.osc_port}: {said}"
+        hint = " (another vaejam running? pick a port with --osc-port)" if err.errno == errno.EADDRINUSE else ""
+        raise StartupError(said + hint) from err
     # the OSC server adds its own counters (osc/...) to the reply
     session.extra_status = lambda: {f"midi/{kind}": count for kind, count in midi.counters().items()}
     housekeeper = Housekeeper(session, midi)
     session.start()
     housekeeper.start()
     return Daemon(session, midi, osc, housekeeper)
+
+
+def _open_midi(args: argparse.Namespace, session: LiveSession, instruments, jack: JackServer | None) -> MidiIO:
+    """The ports; with --start-jack, JACK is started first when it is the only way (no ALSA
+    sequencer, or --midi-api jack), or after every other API failed."""
+    def open_ports() -> MidiIO:
+        options = PortOptions(args.midi_api, args.in_port, args.out_port, args.port_per_instrument, args.client_name)
+        return MidiIO(options, session.on_midi, instruments)
+
+    apis = apis_to_try(args.midi_api)
+    if jack is None or "UNIX_JACK" not in apis:
+        return open_ports()
+    if apis[0] == "UNIX_JACK":
+        jack.ensure()
+        return open_ports()
+    try:
+        return open_ports()
+    except MidiPortError:
+        if not jack.ensure():
+            raise  # a JACK server answered already: starting one would not help
+        return open_ports()
 
 
 def process_age_s() -> float:
@@ -247,33 +291,48 @@ def run_command(args: argparse.Namespace) -> int:
     torch.set_num_threads(TORCH_THREADS)
     stop = threading.Event()  # set by SIGINT/SIGTERM
     previous = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in (signal.SIGINT, signal.SIGTERM)}
+    jack = JackServer() if getattr(args, "start_jack", False) else None
     try:
-        return _serve(args, stop)
+        return _serve(args, stop, jack)
     finally:
+        if jack is not None:
+            jack.close()  # after the daemon's ports are closed; only a jackd we started is stopped
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         sys.setswitchinterval(switch)
         torch.set_num_threads(threads)
 
 
-def _serve(args: argparse.Namespace, stop: threading.Event) -> int:
+def _serve(args: argparse.Namespace, stop: threading.Event, jack: JackServer | None = None) -> int:
     try:
-        daemon = start_daemon(args)
+        daemon = start_daemon(args, jack)
     except StartupError as err:
         print(f"vaejam run: error: {err}", file=sys.stderr)
         return 2
     host, port = daemon.osc.address  # type: ignore[attr-defined]
     worker_engine = daemon.session.worker.engine
-    print(f"vaejam ready in {process_age_s():.2f} s: MIDI in {daemon.midi.input_name!r}, "
-          f"out {', '.join(repr(n) for n in daemon.midi.output_names)} ({daemon.midi.api}); "
-          f"OSC {host}:{port}; model on {getattr(worker_engine, 'device', '?')}", flush=True)
+    print(f"vaejam ready in {process_age_s():.2f} s: play into MIDI in {daemon.midi.input_name!r}, "
+          f"connect MIDI out {', '.join(repr(n) for n in daemon.midi.output_names)} to your instruments "
+          f"({daemon.midi.api}); OSC {host}:{port}; model on {getattr(worker_engine, 'device', '?')}; "
+          "Ctrl-C to stop", flush=True)
+    clean = False
     try:
         while not stop.wait(0.5):
             pass
     finally:
-        daemon.shutdown()
-    print("vaejam stopped: all notes off" + _take_note(daemon.session), flush=True)
-    return 0
+        clean = daemon.shutdown()
+    _say("vaejam stopped: all notes off" + _take_note(daemon.session) if clean
+         else "vaejam stopped, with errors while closing (see the log above)")
+    return 0 if clean else 1
+
+
+def _say(line: str) -> None:
+    """The last line; a reader that went away (`vaejam run | head`) must not turn a clean stop into
+    an error exit."""
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:
+        pass
 
 
 def _take_note(session: LiveSession) -> str:

@@ -172,7 +172,9 @@ class MemoryOutput(BaseOutput):
             self.sent.append((self._clock(), msg))
 
 
-JACK_DRAIN_S = 0.1  # > 4 JACK periods of 1024 frames at 48 kHz
+INPUT_POLL_S = 0.0005  # how often the input thread looks in RtMidi's queue: well under a JACK period
+DRAIN_TIMEOUT_S = 2.0  # longest wait for a JACK output's last messages to be seen leaving it
+ACTIVE_SENSING = 0xFE  # the drain marker; also tells hardware synths "connection gone, release voices"
 
 
 def _rtmidi_api(api: str) -> int:
@@ -181,57 +183,109 @@ def _rtmidi_api(api: str) -> int:
     return getattr(rtmidi, f"API_{api}")
 
 
+def batch_times(deltas: Sequence[float], now: float) -> list[float]:
+    """Arrival times of a batch of queued messages, the last read at `now`: RtMidi gives each
+    message's delta to the one before, so earlier ones are placed back from the newest."""
+    times = [now] * len(deltas)
+    for i in range(len(deltas) - 2, -1, -1):
+        times[i] = times[i + 1] - max(0.0, deltas[i + 1])
+    return times
+
+
 class RtMidiInput(BaseInput):
-    """A virtual input port (virtual=True) or an existing output port of another client, by name."""
+    """A virtual input port (virtual=True) or an existing output port of another client, by name.
+
+    No Python runs in the MIDI API's own thread (JACK's process callback is real-time): RtMidi
+    queues what arrives, and a thread of ours reads the queue every INPUT_POLL_S. close() joins
+    that thread first, so once it returns no message is delivered any more.
+    """
 
     def __init__(self, name: str, handler: MessageHandler, api: str, virtual: bool = True,
                  client_name: str = "vaejam", clock: Clock = time.perf_counter) -> None:
         self.api = api
         self._virtual = virtual
         self._client_name = client_name
+        self._halt = threading.Event()  # set by close(): the poll thread ends
+        self._poller: threading.Thread | None = None
         super().__init__(name, handler, clock)
 
     def _open(self) -> None:
         import rtmidi
 
         try:
-            self._rt = rtmidi.MidiIn(_rtmidi_api(self.api), self._client_name)
+            self._rt = rtmidi.MidiIn(_rtmidi_api(self.api), self._client_name, queue_size_limit=4096)
             # sysex and clock reach us (sysex to be counted, clock to be followed); active sensing not
             self._rt.ignore_types(sysex=False, timing=False, active_sense=True)
             if self._virtual:
                 self._rt.open_virtual_port(self.name)
             else:
                 self.name = _open_by_name(self._rt, self.name, self.api)
-            self._rt.set_callback(self._on_rtmidi)
         except (rtmidi.SystemError, rtmidi.RtMidiError, RuntimeError) as err:
             raise MidiPortError(f"cannot open MIDI input {self.name!r} on {self.api}: {err}") from err
+        self._poller = threading.Thread(target=self._poll, name=f"vaejam-midi-in:{self.name}", daemon=True)
+        self._poller.start()
 
-    def _on_rtmidi(self, event: tuple[list[int], float], data: object = None) -> None:
-        self.deliver(event[0], self._clock())
+    def _poll(self) -> None:
+        while not self._halt.is_set():
+            batch = []
+            while (event := self._rt.get_message()) is not None:
+                batch.append(event)
+            if not batch:
+                time.sleep(INPUT_POLL_S)
+                continue
+            times = batch_times([delta for _, delta in batch], self._clock())
+            for (data, _), t in zip(batch, times):
+                if self._halt.is_set():
+                    return
+                self.deliver(data, t)
 
     def _close(self) -> None:
-        self._rt.cancel_callback()  # before closing, so no callback runs on a closing port
+        self._halt.set()
+        if self._poller is not None and self._poller is not threading.current_thread():
+            self._poller.join()
         self._rt.close_port()
         self._rt.delete()
 
 
 class RtMidiOutput(BaseOutput):
-    def __init__(self, name: str, api: str, virtual: bool = True, client_name: str = "vaejam") -> None:
+    """A virtual output port, or a connection to an existing input port by name.
+
+    On JACK, RtMidi hands messages to JACK's process thread through a ring buffer and may unregister
+    the port before the buffer's last messages went out (its close waits at most one second for one
+    process cycle, and that can be a cycle that had already read the buffer). So a JACK output has
+    an echo: an input of ours connected to it from the start. To close, an Active Sensing marker is
+    sent after the last message, then a second once the echo heard the first, and the port closes
+    once the echo heard both: everything sent before has then reached every connected port. The echo's queue is emptied by
+    `discard_echo()` (the daemon's housekeeping) so it never fills.
+    """
+
+    def __init__(self, name: str, api: str, virtual: bool = True, client_name: str = "vaejam",
+                 clock: Clock = time.perf_counter) -> None:
         self.api = api
         self._virtual = virtual
         self._client_name = client_name
+        self._clock = clock
         self._lock = threading.Lock()  # guards _rt.send_message: rtmidi ports are not thread-safe
+        self._probe: object | None = None  # JACK only: an rtmidi MidiIn connected to our port; _lock
+        self.jack_name: str | None = None  # JACK only: our port's full name ("client-01:vaejam out")
+        self.drained: bool | None = None  # JACK only, after close: whether the marker was seen
         super().__init__(name)
 
     def _open(self) -> None:
         import rtmidi
 
         try:
+            if self.api == "UNIX_JACK":
+                self._probe = rtmidi.MidiIn(_rtmidi_api(self.api), f"{self._client_name}-echo", queue_size_limit=8192)
+                before = set(self._probe.get_ports())  # type: ignore[attr-defined]
             self._rt = rtmidi.MidiOut(_rtmidi_api(self.api), self._client_name)
             if self._virtual:
                 self._rt.open_virtual_port(self.name)
             else:
                 self.name = _open_by_name(self._rt, self.name, self.api)
+            if self._probe is not None:
+                self.jack_name = _new_port(self._probe, before)
+                self._connect_echo()
         except (rtmidi.SystemError, rtmidi.RtMidiError, RuntimeError) as err:
             raise MidiPortError(f"cannot open MIDI output {self.name!r} on {self.api}: {err}") from err
 
@@ -240,13 +294,64 @@ class RtMidiOutput(BaseOutput):
             self._rt.send_message(msg.bytes())
 
     def _close(self) -> None:
-        if self.api == "jack":
-            # RtMidi's JACK output queues messages for the next process cycle; closing at once can
-            # drop the last note-offs (seen in CI: one note left sounding after SIGTERM)
-            time.sleep(JACK_DRAIN_S)
         with self._lock:
+            if self._probe is not None:
+                self.drained = self._drain_jack()
+                if not self.drained:
+                    log.warning("%s: could not confirm that the last MIDI messages left the port within "
+                                "%.0f s (JACK server stalled?)", self.name, DRAIN_TIMEOUT_S)
+                self._probe.delete()  # type: ignore[attr-defined]
+                self._probe = None
             self._rt.close_port()
             self._rt.delete()
+
+    def _connect_echo(self) -> None:
+        """Listen to our own port (Active Sensing included); without our port's name, no echo."""
+        probe = self._probe
+        ports = probe.get_ports()  # type: ignore[attr-defined]
+        if self.jack_name not in ports:
+            log.info("%s: own JACK port not found; closing will not wait for the last messages", self.name)
+            probe.delete()  # type: ignore[attr-defined]
+            self._probe = None
+            return
+        probe.ignore_types(sysex=True, timing=True, active_sense=False)  # type: ignore[attr-defined]
+        probe.open_port(ports.index(self.jack_name), "echo")  # type: ignore[attr-defined]
+
+    def discard_echo(self) -> None:
+        """Empty the echo's queue (what it heard is only needed at close)."""
+        with self._lock:
+            if self._probe is not None and not self.closed:
+                while self._probe.get_message() is not None:  # type: ignore[attr-defined]
+                    pass
+
+    def _drain_jack(self) -> bool:
+        """True when the echo heard a marker sent after the last message, and then a second one.
+
+        The first shows that the ring buffer was emptied into the port in some cycle N; the
+        second, sent only then, comes out in a later cycle, so every reader has finished cycle N
+        before the port goes (the echo may run before other readers within a cycle). One marker
+        each: the echo has been connected since the port opened, and JACK keeps the order."""
+        probe = self._probe
+        while probe.get_message() is not None:  # type: ignore[attr-defined]
+            pass  # a full echo queue would drop the marker
+        deadline = self._clock() + DRAIN_TIMEOUT_S
+        for _ in range(2):
+            self._rt.send_message([ACTIVE_SENSING])
+            while True:
+                event = probe.get_message()  # type: ignore[attr-defined]
+                if event is not None and event[0] == [ACTIVE_SENSING]:
+                    break
+                if self._clock() >= deadline:
+                    return False
+                if event is None:
+                    time.sleep(0.001)
+        return True
+
+
+def _new_port(lister: object, before: set[str]) -> str | None:
+    """The one port that appeared since `before` (ours, whatever number JACK gave our client)."""
+    new = [name for name in lister.get_ports() if name not in before]  # type: ignore[attr-defined]
+    return new[0] if len(new) == 1 else None
 
 
 def _open_by_name(rt: object, wanted: str, api: str) -> str:
@@ -392,7 +497,13 @@ class MidiIO:
             self.send_errors.event("send", f"{port.name}: send failed ({err!r})")
 
     def poll_reconnect(self) -> None:
-        """Reopen a port opened by name whose peer went away and came back; close one that vanished."""
+        """Reopen a port opened by name whose peer went away and came back; close one that vanished.
+        Also empties the JACK outputs' echo queues."""
+        with self._lock:
+            outputs = list(self.outputs.values())
+        for port in outputs:
+            if isinstance(port, RtMidiOutput):
+                port.discard_echo()
         if self.options.in_port is not None and not self._input_closed_for_good:
             self._watch_input()
         if self.options.out_port is not None:
@@ -442,6 +553,14 @@ class MidiIO:
             with self._lock:
                 self.outputs["out"] = reopened
             log.info("MIDI output %r reconnected", wanted)
+            # Notes sounding when it vanished had their note-offs dropped: All Notes Off (CC 123) on
+            # every channel, as MidiIO does not know which ones the scheduler's --channels chose.
+            for channel in range(16):
+                try:
+                    reopened.send(mido.Message("control_change", channel=channel, control=123, value=0))
+                except Exception as err:  # noqa: BLE001 - output trouble must not stop the watcher
+                    self.send_errors.event("send", f"{reopened.name}: All Notes Off failed ({err!r})")
+                    break
 
     def counters(self) -> dict[str, int]:
         with self._lock:

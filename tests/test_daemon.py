@@ -65,3 +65,30 @@ def test_alsa_without_a_sequencer_is_exit_2(capsys, tmp_path: Path) -> None:
     save_band_model(BandModel(BandConfig(latent=8, channels=(4, 4, 4), hidden=8)), tmp_path)
     code, err = run(capsys, "--model", str(tmp_path), "--midi-api", "alsa")
     assert code == 2 and "ALSA" in err and "Traceback" not in err
+
+
+def test_shutdown_goes_on_after_a_failing_step_and_says_so() -> None:
+    """A port that fails to close (rtmidi's SystemError is an OSError) must not skip the note-offs;
+    it escaped as an OSError before, which the CLI turned into exit status 2 after a normal log."""
+    from bridge.daemon import Daemon
+
+    calls: list[str] = []
+
+    class Step:
+        def __init__(self, name: str, fails: bool = False) -> None:
+            self.name, self.fails = name, fails
+
+        def __call__(self, *args: object, **kwargs: object) -> None:
+            calls.append(self.name)
+            if self.fails:
+                raise OSError("MidiInJack::closePort: JACK error")
+
+    class Parts:
+        def __init__(self, **steps: Step) -> None:
+            self.__dict__.update(steps)
+
+    daemon = Daemon(session=Parts(close=Step("session.close")),  # type: ignore[arg-type]
+                    midi=Parts(close_input=Step("midi.close_input", fails=True), close=Step("midi.close")),  # type: ignore[arg-type]
+                    osc=Parts(stop=Step("osc.stop")), housekeeper=Parts(stop=Step("housekeeper.stop")))  # type: ignore[arg-type]
+    assert daemon.shutdown() is False
+    assert calls == ["housekeeper.stop", "osc.stop", "midi.close_input", "session.close", "midi.close"]

@@ -15,7 +15,7 @@ from typing import Iterator
 import mido
 import pytest
 
-from .harness import PERIOD_FRAMES, RATE, Client, Daemon, Received, find_port, jack_answers, jack_connect, unique
+from .harness import PERIOD_FRAMES, RATE, BandInput, Client, Daemon, find_port, jack_answers, jack_connect, unique
 
 
 @pytest.fixture(scope="session")
@@ -89,10 +89,7 @@ def connect_client(jack_server) -> Iterator:
     def connect(daemon: Daemon) -> Client:
         backend = mido.Backend("mido.backends.rtmidi/UNIX_JACK")
         name = unique("vjc")
-        client = Client(name, backend, None, None)  # type: ignore[arg-type]
-        client.out = backend.open_output("piano", client_name=name)
-        client.inp = backend.open_input("band", client_name=name,
-                                         callback=lambda msg: client.received.append(Received(time.perf_counter(), msg)))
+        client = Client(name, backend, backend.open_output("piano", client_name=name), BandInput(name, "band"))
         jack_connect(find_port(name, "piano"), find_port(daemon.client, "vaejam in"))
         jack_connect(find_port(daemon.client, "vaejam out"), find_port(name, "band"))
         clients.append(client)

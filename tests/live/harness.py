@@ -45,6 +45,38 @@ class Received:
     msg: mido.Message
 
 
+class BandInput:
+    """A recording JACK input of the test's (a DAW track's MIDI input), by python-rtmidi directly:
+    mido drops Active Sensing, which the daemon sends last on each port as it closes, so `ended`
+    tells exactly when everything the daemon sent has arrived (no sleeping on the wall clock)."""
+
+    def __init__(self, client_name: str, port: str) -> None:
+        import rtmidi
+
+        self.client_name = client_name  # unique per test, so JACK keeps it as given
+        self.received: list[Received] = []  # appended on the JACK thread
+        self.ended = threading.Event()  # set when the daemon's closing marker arrives
+        self._rt = rtmidi.MidiIn(rtmidi.API_UNIX_JACK, client_name)
+        self._rt.ignore_types(sysex=True, timing=True, active_sense=False)
+        self._rt.open_virtual_port(port)
+        self._rt.set_callback(self._on_message)
+
+    def _on_message(self, event: tuple[list[int], float], data: object = None) -> None:
+        if event[0] == [0xFE]:
+            self.ended.set()
+            return
+        self.received.append(Received(time.perf_counter(), mido.Message.from_bytes(event[0])))
+
+    def wait_ended(self, timeout: float = 10.0) -> None:
+        assert self.ended.wait(timeout), (f"the closing marker never came: the port was not drained "
+                                          f"({len(self.received)} messages came)")
+
+    def close(self) -> None:
+        self._rt.cancel_callback()
+        self._rt.close_port()
+        self._rt.delete()
+
+
 @dataclass
 class Client:
     """The test's side: a piano/clock output and a recording input, as a DAW would have."""
@@ -52,19 +84,28 @@ class Client:
     name: str
     backend: mido.Backend
     out: mido.ports.BaseOutput
-    inp: mido.ports.BaseInput
-    received: list[Received] = field(default_factory=list)  # appended on the JACK thread
+    inp: BandInput | None
     sent_ticks: list[float] = field(default_factory=list)  # send time of each clock, by tick
 
     def send(self, msg: mido.Message) -> None:
         self.out.send(msg)
+
+    @property
+    def received(self) -> list[Received]:
+        return self.inp.received if self.inp is not None else []
+
+    def wait_ended(self, timeout: float = 10.0) -> None:
+        """Block until the daemon's output has closed with everything it sent delivered."""
+        assert self.inp is not None
+        self.inp.wait_ended(timeout)
 
     def band(self, kind: str = "note_on", since: float = 0.0) -> list[Received]:
         return [r for r in list(self.received) if r.msg.type == kind and r.t >= since
                 and (kind != "note_on" or r.msg.velocity > 0)]
 
     def close(self) -> None:
-        self.inp.close()
+        if self.inp is not None:
+            self.inp.close()
         self.out.close()
 
 

@@ -1,0 +1,132 @@
+"""bridge.midi_io's rtmidi ports on a private JACK server of this test's own.
+
+The server is private (`jackd -n NAME`) because one test stops it with SIGSTOP, the way a starved
+non-real-time jackd stalls on a loaded machine, and nobody else's ports may stall with it.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from typing import Iterator
+
+import mido
+import pytest
+
+from bridge.midi_io import RtMidiInput, RtMidiOutput
+
+from .harness import PERIOD_FRAMES, RATE, BandInput, unique
+
+pytestmark = [pytest.mark.jack]
+
+
+def _answers(env: dict[str, str]) -> bool:
+    try:
+        return subprocess.run(["jack_lsp"], capture_output=True, timeout=5,
+                              env={**env, "JACK_NO_START_SERVER": "1"}).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
+@pytest.fixture
+def private_jack(monkeypatch: pytest.MonkeyPatch) -> Iterator[subprocess.Popen]:
+    """A dummy-driver jackd under a name of its own; this process's JACK clients talk to it."""
+    if shutil.which("jackd") is None or shutil.which("jack_lsp") is None:
+        pytest.skip("jackd is not installed (apt install jackd2)")
+    name = unique("vjprivate")
+    proc = subprocess.Popen(["jackd", "-n", name, "--no-realtime", "-d", "dummy", "-r", str(RATE),
+                             "-p", str(PERIOD_FRAMES)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {**os.environ, "JACK_DEFAULT_SERVER": name}
+    deadline = time.monotonic() + 10
+    while not _answers(env):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.skip("could not start a private jackd")
+        time.sleep(0.1)
+    monkeypatch.setenv("JACK_DEFAULT_SERVER", name)
+    yield proc
+    proc.send_signal(signal.SIGCONT)
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def _connect(source: str, destination: str) -> None:
+    subprocess.run(["jack_connect", source, destination], check=True, timeout=5)
+
+
+def test_a_jack_output_closes_only_after_its_last_messages_left(private_jack) -> None:
+    """The hung-note race of issue 7: RtMidi's JACK close waits at most one second for one process
+    cycle (which may have read its ring buffer already), then unregisters the port. Our close sends
+    a marker after the last message and returns once the port's echo heard it: whatever was sent
+    before close has reached every connected port, marker last."""
+    out = RtMidiOutput("vaejam out", "UNIX_JACK", client_name=unique("vjout"))
+    sink = BandInput(unique("vjsink"), "band")
+    try:
+        assert out.jack_name is not None and out.jack_name.endswith(":vaejam out")
+        _connect(out.jack_name, f"{sink.client_name}:band")
+        deadline = time.monotonic() + 5
+        while not sink.received and time.monotonic() < deadline:  # until the connection is live
+            out.send(mido.Message("control_change", control=1, value=0))
+            time.sleep(0.02)
+        assert sink.received, "the test's connection never came up"
+        before = len(sink.received)
+        for pitch in range(40, 60):
+            out.send(mido.Message("note_on", note=pitch, velocity=100))
+            out.send(mido.Message("note_off", note=pitch))
+        out.close()
+        assert out.drained is True
+        sink.wait_ended(5.0)
+        notes = [r.msg for r in sink.received[before:] if r.msg.type in ("note_on", "note_off")]
+        assert [(m.type, m.note) for m in notes] == [(kind, p) for p in range(40, 60) for kind in ("note_on", "note_off")]
+    finally:
+        out.close()
+        sink.close()
+
+
+def test_input_is_read_on_our_thread_and_nothing_arrives_after_close(private_jack) -> None:
+    """No Python in JACK's process thread (issue 7 item 12): messages are handed to the handler by
+    the port's own poll thread, and close() ends that thread before it returns."""
+    threads: set[str] = set()
+    got: list[mido.Message] = []
+    closed = threading.Event()
+    after_close: list[mido.Message] = []
+
+    def handler(msg: mido.Message, t: float) -> None:
+        threads.add(threading.current_thread().name)
+        (after_close if closed.is_set() else got).append(msg)
+
+    import rtmidi
+
+    client = unique("vjin")
+    port = RtMidiInput("vaejam in", handler, "UNIX_JACK", client_name=client)
+    keys = unique("vjkeys")
+    sender = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, keys)
+    sender.open_virtual_port("keys")
+    try:
+        _connect(f"{keys}:keys", f"{client}:vaejam in")
+        stop_flood = threading.Event()
+
+        def flood() -> None:
+            while not stop_flood.is_set():
+                sender.send_message([0xF8])
+                time.sleep(0.001)
+
+        flooder = threading.Thread(target=flood, daemon=True)
+        flooder.start()
+        deadline = time.monotonic() + 5
+        while len(got) < 50 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        port.close()
+        closed.set()
+        time.sleep(0.1)  # the flood goes on: a handler call now would be one after close
+        stop_flood.set()
+        flooder.join()
+        assert len(got) >= 50
+        assert after_close == []
+        assert threads == {"vaejam-midi-in:vaejam in"}
+    finally:
+        port.close()
+        sender.delete()
