@@ -86,64 +86,94 @@ def check_bpm(bpm: object) -> float:
 
 
 class TempoEstimator:
-    """Tempo from clock arrival times: least-squares slope over the last `window` intervals.
+    """Tempo from clock arrival times: the lower envelope of the last `window` clocks, clamped.
 
-    A least-squares fit over timestamps (rather than a mean of intervals) does not let one late
-    arrival count twice, so JACK's period jitter averages out; and as the window is one beat, any
-    tempo change is fully followed after one beat. A jump is followed sooner: when the last `recent`
-    clocks span more or less time than the fit predicts, by over `jump` of it and by over twice the
-    arrival jitter seen, the window restarts from the newest clocks. The jitter term matters: JACK
-    delivers MIDI once per period (21 ms at 1024 frames, longer than a clock at 120 BPM), and
-    without it that quantisation alone looks like a tempo jump every few beats.
+    A clock can arrive late (JACK hands MIDI over once per period, 21 ms at 1024 frames; a stalled
+    process gets a burst of clocks at once; a flood of notes queues clocks behind it) but never
+    early, and clocks arrive in order. So the tempo is the slope of the lower convex hull of
+    (clock number, arrival time) where it passes the window's middle: the line of the clocks that
+    came with the least delay, which late ones cannot pull. (A least-squares fit let a burst after a
+    stall read a steady 180 BPM as 646 BPM.) The window is two beats, and a tempo jump is followed
+    within one: when the newest `recent // 2` clocks leave the envelope of the ones before them
+    (the newest one early, or every one of them late, as a burst after a stall never is: its last
+    clock comes on time) by over `jump` of `recent` clocks and by over twice the arrival jitter
+    seen, the window restarts from them. The estimate is clamped to MIN_BPM-MAX_BPM: an exact
+    400 BPM clock read 400.2 through jitter, which check_bpm then refused.
     """
 
-    def __init__(self, window: int = 24, recent: int = 8, jump: float = 0.1, gap_s: float = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(self, window: int = 48, recent: int = 24, jump: float = 0.03,
+                 gap_s: float = DEFAULT_TIMEOUT_S) -> None:
         self._times: deque[float] = deque(maxlen=window + 1)  # arrival times; owner's lock
         self._recent = recent
         self._jump = jump
         self._gap = gap_s
         self._jitter = 0.0  # decaying max of one-clock prediction errors, seconds; owner's lock
-        self.interval: float | None = None  # seconds per clock, latest estimate
+        self.interval: float | None = None  # seconds per clock, latest estimate (within the clamp)
 
     def add(self, t: float) -> None:
         if self._times and not 0.0 <= t - self._times[-1] <= self._gap:
             self._times.clear()  # a pause or a clock going backwards: old intervals say nothing
         self._track_jitter(t)
         self._times.append(t)
-        if len(self._times) > self._recent:
-            span = self._times[-1] - self._times[-1 - self._recent]
-            fit = self._slope()
-            error = abs(span - fit * self._recent)
-            if fit > 0 and error > self._jump * fit * self._recent and error > 2 * self._jitter:
-                # Keep the newest half only: they are the ones most surely at the new tempo.
-                kept = list(self._times)[-1 - self._recent // 2:]
-                self._times.clear()
-                self._times.extend(kept)
-        slope = self._slope()
-        if slope > 0:
-            self.interval = slope
+        times = list(self._times)
+        fit, _ = _envelope(times)
+        if len(times) > self._recent and fit > 0 and self._jumped(times, fit):
+            # Keep the newest half only: they are the ones most surely at the new tempo.
+            times = times[-1 - self._recent // 2:]
+            self._times.clear()
+            self._times.extend(times)
+            fit, _ = _envelope(times)
+        if fit > 0:
+            self.interval = min(max(fit, _interval_of(MAX_BPM)), _interval_of(MIN_BPM))
+
+    def _jumped(self, times: list[float], fit: float) -> bool:
+        """The newest clocks left the line of the ones before them: the newest came early (no delay
+        explains that: faster), or each of them came late (a burst after a stall ends on time: slower)."""
+        limit = max(self._jump * fit * self._recent, 2 * self._jitter)
+        newest = len(times) - self._recent // 2
+        _, line = _envelope(times[:newest])
+        early = line(len(times) - 1) - times[-1]
+        late = min(times[i] - line(i) for i in range(newest, len(times)))
+        return early > limit or late > limit
 
     def _track_jitter(self, t: float) -> None:
         if self._times and self.interval is not None:
             # A real jump adds one interval's change per clock here, while it adds up over `recent`
-            # clocks in the span test: so jumps still show, and period-sized misses do not.
+            # clocks in the jump test: so jumps still show, and period-sized misses do not.
             miss = abs(t - self._times[-1] - self.interval)
             self._jitter = max(miss, self._jitter * JITTER_DECAY)
 
-    def _slope(self) -> float:
-        n = len(self._times)
-        if n < 2:
-            return 0.0
-        xs = range(n)
-        mean_x = (n - 1) / 2
-        mean_t = sum(self._times) / n
-        num = sum((x - mean_x) * (t - mean_t) for x, t in zip(xs, self._times, strict=True))
-        den = sum((x - mean_x) ** 2 for x in xs)
-        return num / den
-
     @property
     def bpm(self) -> float | None:
-        return None if self.interval is None else 60.0 / (TICKS_PER_BEAT * self.interval)
+        if self.interval is None:
+            return None
+        return min(max(60.0 / (TICKS_PER_BEAT * self.interval), MIN_BPM), MAX_BPM)  # float rounding too
+
+
+def _interval_of(bpm: float) -> float:
+    return 60.0 / (TICKS_PER_BEAT * bpm)
+
+
+def _envelope(times: list[float]) -> tuple[float, Callable[[int], float]]:
+    """Seconds per clock and the line (clock number -> time) of the lower convex hull of
+    (i, times[i]) where it passes the middle i: of the lines below every arrival, the one closest to
+    them on average (the least-delay line). (0.0, a flat line) for fewer than two clocks."""
+    hull: list[tuple[int, float]] = []
+    for i, t in enumerate(times):
+        while len(hull) >= 2 and _on_or_above(hull[-2], hull[-1], (i, t)):
+            hull.pop()
+        hull.append((i, t))
+    middle = (len(times) - 1) / 2
+    for (i0, t0), (i1, t1) in zip(hull, hull[1:]):
+        if i0 <= middle <= i1:
+            slope = (t1 - t0) / (i1 - i0)
+            return slope, lambda i: t0 + slope * (i - i0)
+    return 0.0, lambda i: times[0] if times else 0.0
+
+
+def _on_or_above(a: tuple[int, float], b: tuple[int, float], c: tuple[int, float]) -> bool:
+    """Point b lies on or above the line from a to c (a, b, c in clock order)."""
+    return (b[1] - a[1]) * (c[0] - a[0]) >= (c[1] - a[1]) * (b[0] - a[0])
 
 
 class MidiClockFollower:

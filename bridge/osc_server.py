@@ -8,6 +8,9 @@ them for the next bar, so the thread never waits on the band.
 What python-osc would do that we do not: swallow parse errors silently (we count "malformed"),
 sleep on the server thread until a bundle's time tag (we dispatch at once: controls apply from
 the next bar anyway), and print a traceback when a handler raises (we count and log once).
+Every datagram is checked against its own type tags before python-osc parses it (`packet_problem`):
+python-osc read a 1-byte float argument as 32.0, and logged a warning per unknown type tag or odd
+bundle element (746 lines), where we count "malformed" and log at most once per interval.
 """
 from __future__ import annotations
 
@@ -63,6 +66,10 @@ class _Dispatcher(Dispatcher):
         self._on_bad_pattern = on_bad_pattern
 
     def call_handlers_for_packet(self, data: bytes, client_address: Address) -> list:
+        problem = packet_problem(data)
+        if problem is not None:
+            self._on_malformed(data, ValueError(problem))
+            return []
         try:
             messages = [timed.message for timed in osc_packet.OscPacket(data).messages]
         except Exception as err:  # noqa: BLE001 - python-osc raises ParseError and, on odd bytes, others
@@ -76,6 +83,71 @@ class _Dispatcher(Dispatcher):
             for handler in self.handlers_for_address(address):
                 handler.invoke(client_address, message)
         return []  # replies are sent by the handlers themselves (status is a bundle)
+
+
+ARGUMENT_SIZES = {"i": 4, "f": 4, "c": 4, "r": 4, "m": 4, "h": 8, "d": 8, "t": 8,
+                  "T": 0, "F": 0, "N": 0, "I": 0, "[": 0, "]": 0}  # type tag -> bytes; s, S, b vary
+BUNDLE_HEAD = b"#bundle\x00"
+MAX_BUNDLE_DEPTH = 8
+
+
+def packet_problem(data: bytes, depth: int = 0) -> str | None:
+    """Why a datagram is not exactly one well-formed OSC message or bundle; None when it is.
+    Every argument its type tags announce must be there in full, and nothing may follow."""
+    if data.startswith(BUNDLE_HEAD):
+        return _bundle_problem(data, depth)
+    if not data.startswith(b"/"):
+        return "neither a message nor a bundle"
+    address_end = _string_end(data, 0)
+    if address_end is None:
+        return "unterminated address"
+    if address_end == len(data):
+        return None  # no type tags at all: an old-style message without arguments
+    tags_end = _string_end(data, address_end)
+    if tags_end is None or data[address_end:address_end + 1] != b",":
+        return "bad type tags"
+    index = tags_end
+    for tag in data[address_end + 1:tags_end].rstrip(b"\x00").decode("ascii", "replace"):
+        if tag in ARGUMENT_SIZES:
+            index += ARGUMENT_SIZES[tag]
+        elif tag in "sS":
+            index = _string_end(data, index) or len(data) + 1
+        elif tag == "b" and index + 4 <= len(data):
+            index += 4 + -(-int.from_bytes(data[index:index + 4], "big") // 4) * 4
+        elif tag != "b":
+            return f"unknown type tag {tag!r}"
+        else:
+            index = len(data) + 1
+        if index > len(data):
+            return f"argument {tag!r} cut short"
+    return None if index == len(data) else f"{len(data) - index} bytes after the last argument"
+
+
+def _bundle_problem(data: bytes, depth: int) -> str | None:
+    if depth >= MAX_BUNDLE_DEPTH:
+        return "bundles nested too deeply"
+    index = len(BUNDLE_HEAD) + 8  # the time tag
+    if index > len(data):
+        return "bundle cut short"
+    while index < len(data):
+        size = int.from_bytes(data[index:index + 4], "big")
+        element = data[index + 4:index + 4 + size]
+        if index + 4 + size > len(data) or size % 4:
+            return "bundle element cut short"
+        problem = packet_problem(element, depth + 1)
+        if problem is not None:
+            return problem
+        index += 4 + size
+    return None
+
+
+def _string_end(data: bytes, start: int) -> int | None:
+    """The index after an OSC string (NUL-terminated, padded to 4 bytes) at start; None if cut short."""
+    nul = data.find(b"\x00", start)
+    if nul < 0:
+        return None
+    end = start + (nul - start) // 4 * 4 + 4
+    return end if end <= len(data) else None
 
 
 def _safe_pattern(address: str) -> bool:

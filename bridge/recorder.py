@@ -2,7 +2,14 @@
 
 Each flush rewrites the whole take atomically (a temporary file, then os.replace), so whatever kills
 the process, the take on disk is a complete file that loses at most what came after the last
-flush (the bar in progress). A take's name is reserved with O_EXCL, so no take is overwritten.
+flush (the bar in progress). The first write gives the take its name with a hard link (O_EXCL
+where links are not supported), so no take is overwritten and no empty take is ever left. The
+temporary file is made by tempfile (a random name, O_EXCL | O_NOFOLLOW), so a symlink planted in
+the folder is never written through.
+
+A write that fails (disk full, read-only folder) never raises: the take keeps recording in memory,
+the file on disk stays the last complete one, `error` says why in a line (logged once, and once
+when writing works again) and the next flush tries again.
 
 Rewriting a long take every bar must stay cheap: each track keeps the bytes of its old events
 (before a horizon LAG_STEPS behind its newest note) encoded once, and re-encodes only the recent
@@ -16,16 +23,19 @@ bass 3, strings 4, drums 10) with its General MIDI program from models.bars.OUTP
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import functools
 import logging
+import math
 import os
+import tempfile
 import threading
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
 import mido
 
-from bridge.clock import check_bpm
+from bridge.clock import MAX_BPM, MIN_BPM
 from bridge.scheduler import DEFAULT_CHANNELS
 from models.bars import INSTRUMENTS, N_PITCHES, OUTPUT_PROGRAMS, STEPS_PER_BEAT, STEPS_PER_BAR, Note
 
@@ -35,6 +45,7 @@ TICKS_PER_BEAT = 480
 TICKS_PER_STEP = TICKS_PER_BEAT // STEPS_PER_BEAT  # 60
 LAG_STEPS = 4 * STEPS_PER_BAR  # notes up to 4 bars older than a track's newest may still arrive cheaply
 DRUM_CHANNEL = 9
+NO_LINKS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS)  # e.g. FAT on a USB stick
 _END_OF_TRACK = b"\x00" + bytes(mido.MetaMessage("end_of_track").bytes())  # with its delta time
 
 
@@ -155,7 +166,7 @@ class _NoteTrack:
 class TakeRecorder:
     """Records takes into a directory; thread-safe (one lock), and a no-op while not recording.
 
-    start() while recording finalises the current take and begins a new one.
+    start() while recording changes nothing (a repeated /vaejam/record 1 is not a new take).
     """
 
     def __init__(self, directory: str | os.PathLike, channels: Mapping[str, int] = DEFAULT_CHANNELS,
@@ -171,22 +182,29 @@ class TakeRecorder:
         self._channels = dict(channels)
         self._fsync = fsync  # os.replace alone survives a killed process; fsync also a power cut
         self._now = now
-        self._lock = threading.Lock()  # guards the take below: path, tracks, tempo map
-        self.path: Path | None = None  # the take being written; _lock
+        self._lock = threading.Lock()  # guards the take below: state, path, tracks, tempo map, errors
+        self._active = False  # a take is being recorded (in memory, if not yet on disk); _lock
+        self._stamp = ""  # the take's start time, for its name; _lock
+        self.path: Path | None = None  # the take on disk, None until its first write succeeds; _lock
         self._tracks: dict[str, _NoteTrack] = {}  # _lock
         self._tempos: list[tuple[int, float]] = []  # (tick, bpm), in tick order; _lock
+        self.error = ""  # why the last write failed, "" when it worked; _lock
+        self.failed_writes = 0  # writes that failed, over this recorder's life; _lock
+        self.clamped_tempos = 0  # tempos outside MIN_BPM-MAX_BPM (or NaN) clamped or ignored; _lock
 
     @property
     def recording(self) -> bool:
-        return self.path is not None
+        return self._active
 
-    def start(self, bpm: float) -> Path:
-        bpm = check_bpm(bpm)
-        self.stop()
+    def start(self, bpm: float) -> Path | None:
+        """Begin a take; its path, or None while it cannot be written (see `error`)."""
         with self._lock:
-            self.path = self._reserve_name()
+            if self._active:
+                return self.path
+            self._tempos = [(0, self._clamp_bpm(bpm, 120.0))]
+            self._active, self.path = True, None
+            self._stamp = self._now().strftime("%Y%m%d-%H%M%S")
             self._tracks = {name: self._new_track(name) for name in INSTRUMENTS}
-            self._tempos = [(0, bpm)]
             self._write()
             return self.path
 
@@ -200,7 +218,7 @@ class TakeRecorder:
         for note in notes:
             _check_note(note, offset_step)
         with self._lock:
-            if self.path is None:
+            if not self._active:
                 return
             track = self._tracks[instrument]
             for note in notes:
@@ -209,31 +227,38 @@ class TakeRecorder:
                 track.add(start, end, note.pitch, note.velocity)
 
     def set_tempo(self, step: int, bpm: float) -> None:
+        """A tempo from `step` on; one outside MIN_BPM-MAX_BPM is clamped, NaN ignored (counted):
+        a tempo estimate's spike must not cost the take its bar."""
         _check_step(step, "step")
-        bpm = check_bpm(bpm)
         with self._lock:
-            if self.path is None:
+            if not self._active:
                 return
             tick = step * TICKS_PER_STEP
-            self._tempos = [(t, b) for t, b in self._tempos if t < tick] + [(tick, bpm)]
+            kept = [(t, b) for t, b in self._tempos if t < tick]
+            previous = kept[-1][1] if kept else self._tempos[0][1]
+            self._tempos = kept + [(tick, self._clamp_bpm(bpm, previous))]
 
     def flush(self) -> None:
         """Rewrite the whole take atomically; old events are encoded once, so this stays cheap."""
         with self._lock:
-            if self.path is None:
+            if not self._active:
                 return
             for track in self._tracks.values():
                 track.commit()
             self._write()
 
     def stop(self) -> Path | None:
-        """Write the take a last time and end it; the finished take's path (None if none)."""
+        """Write the take a last time and end it; the finished take's path (None if none reached
+        the disk)."""
         self.flush()
         with self._lock:
-            path, self.path = self.path, None
+            path, self.path, self._active = self.path, None, False
             self._tracks = {}
+            error = self.error
         if path is not None:
-            log.info("take saved: %s", path)
+            log.info("take saved: %s%s", path, f" (its last bars are missing: {error})" if error else "")
+        elif error:
+            log.error("take lost: %s", error)
         return path
 
     def _new_track(self, name: str) -> _NoteTrack:
@@ -241,18 +266,17 @@ class TakeRecorder:
         program = None if channel == DRUM_CHANNEL else OUTPUT_PROGRAMS[name]
         return _NoteTrack(name, channel, program)
 
-    def _reserve_name(self) -> Path:
-        stamp = self._now().strftime("%Y%m%d-%H%M%S")
+    def _clamp_bpm(self, bpm: float, fallback: float) -> float:
+        if isinstance(bpm, bool) or not isinstance(bpm, (int, float)):
+            raise TypeError(f"bpm must be a number, got {type(bpm).__name__}")
+        if MIN_BPM <= bpm <= MAX_BPM:
+            return float(bpm)
+        self.clamped_tempos += 1
+        return fallback if math.isnan(bpm) else min(max(float(bpm), MIN_BPM), MAX_BPM)
+
+    def _names(self) -> Iterable[Path]:
         for n in range(1, 10_000):
-            path = self.directory / (f"take-{stamp}.mid" if n == 1 else f"take-{stamp}-{n}.mid")
-            try:
-                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
-                return path
-            except FileExistsError:
-                continue
-            except OSError as err:
-                raise OSError(err.errno, f"cannot create take {path}: {err.strerror}") from err
-        raise OSError(f"no free take name for {stamp} in {self.directory}")
+            yield self.directory / (f"take-{self._stamp}.mid" if n == 1 else f"take-{self._stamp}-{n}.mid")
 
     def _tempo_chunk(self) -> bytes:
         events = [mido.MetaMessage("track_name", name="vaejam take"),
@@ -265,22 +289,77 @@ class TakeRecorder:
         return _chunk(b"MTrk", bytes(data) + _END_OF_TRACK)
 
     def _write(self) -> None:
-        assert self.path is not None
+        """Write the whole take; a failure is kept in `error`, never raised (see the module doc)."""
         tracks = [self._tempo_chunk()] + [self._tracks[name].chunk() for name in INSTRUMENTS]
         header = _chunk(b"MThd", (1).to_bytes(2, "big") + len(tracks).to_bytes(2, "big")
                         + TICKS_PER_BEAT.to_bytes(2, "big"))
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
         try:
-            with open(tmp, "wb") as file:
-                file.write(header)
-                for chunk in tracks:
-                    file.write(chunk)
-                if self._fsync:
-                    file.flush()
-                    os.fsync(file.fileno())
-            os.replace(tmp, self.path)
+            tmp = self._write_temporary(header + b"".join(tracks))
+            try:
+                if self.path is None:
+                    self.path = self._publish_new(tmp)
+                else:
+                    os.replace(tmp, self.path)  # replaces a planted symlink itself, not its target
+            finally:
+                if tmp.exists():
+                    tmp.unlink()
         except OSError as err:
-            raise OSError(err.errno, f"cannot write take {self.path}: {err.strerror}") from err
+            self._failed(f"cannot write take {self.path or self.directory}: {err.strerror or err}")
+            return
+        if self.error:
+            log.info("take %s written again after: %s", self.path, self.error)
+            self.error = ""
+
+    def _write_temporary(self, data: bytes) -> Path:
+        fd, name = tempfile.mkstemp(prefix=".take-", suffix=".tmp", dir=self.directory)
+        tmp = Path(name)
+        try:
+            os.fchmod(fd, 0o644)  # a take is for other programs to read (mkstemp makes 0600)
+            _write_all(fd, data)
+            if self._fsync:
+                os.fsync(fd)
+        except OSError:
+            os.close(fd)
+            tmp.unlink()
+            raise
+        os.close(fd)
+        return tmp
+
+    def _publish_new(self, tmp: Path) -> Path:
+        """Give the complete temporary file the first free take name: a link never replaces a file."""
+        for path in self._names():
+            try:
+                os.link(tmp, path)
+                return path
+            except FileExistsError:
+                continue
+            except OSError as err:
+                if err.errno not in NO_LINKS:
+                    raise
+            try:  # no hard links here: reserve the name, then replace the empty file at once
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644))
+            except FileExistsError:
+                continue
+            try:
+                os.replace(tmp, path)
+            except OSError:
+                path.unlink()  # the empty file just reserved: never leave a take no reader opens
+                raise
+            return path
+        raise OSError(errno.EEXIST, f"no free take name for {self._stamp}")
+
+    def _failed(self, message: str) -> None:
+        self.failed_writes += 1
+        if message != self.error:  # one line when writing starts failing, not one per bar
+            log.error("%s; recording goes on and the next bar's write tries again", message)
+        self.error = message
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """os.write until every byte is written (a short write is not an error)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _check_step(step: int, name: str) -> None:

@@ -241,6 +241,69 @@ def test_tempo_window_restarts_after_a_pause() -> None:
     assert f.bpm == pytest.approx(60, rel=1e-9)
 
 
+def arrivals(bpm: float, n: int, period: float = 0.0, stalls: tuple[tuple[float, float], ...] = (),
+             delays: dict[int, float] | None = None) -> list[float]:
+    """Arrival times of n clocks sent at bpm: held to the end of a JACK period (a period's worth at
+    once), to the end of a (start, length) stall, and late by delays[k]; in order, as MIDI is."""
+    times, last = [], 0.0
+    for k in range(n):
+        sent = k * interval(bpm)
+        t = (sent // period + 1) * period if period else sent
+        for start, length in stalls:
+            if start <= sent < start + length:
+                t = max(t, start + length)
+        last = max(last, t + (delays or {}).get(k, 0.0))
+        times.append(last)
+    return times
+
+
+def worst_error(times: list[float], bpm: float, skip: int = 48) -> float:
+    est, worst = TempoEstimator(), 0.0
+    for k, t in enumerate(times):
+        est.add(t)
+        if k >= skip:
+            assert est.bpm is not None
+            worst = max(worst, abs(est.bpm - bpm) / bpm)
+    return worst
+
+
+@pytest.mark.parametrize("bpm", [90.0, 180.0, 300.0])
+def test_tempo_estimate_ignores_bursts_after_stalls(bpm: float) -> None:
+    # Every 100 clocks the process stalls 120 ms, then the clocks sent meanwhile arrive at once;
+    # the least-squares fit read 180 BPM as 646 BPM here.
+    stalls = tuple((k * 100 * interval(bpm), 0.12) for k in range(1, 6))
+    assert worst_error(arrivals(bpm, 600, 256 / 48000, stalls), bpm) < 0.05
+    assert worst_error(arrivals(bpm, 600, 1024 / 48000, stalls), bpm) < 0.05
+
+
+@pytest.mark.parametrize("bpm", [120.0, 180.0, 400.0])
+def test_tempo_estimate_ignores_clocks_queued_behind_a_note_flood(bpm: float) -> None:
+    rng = random.Random(7)
+    delays = {k: rng.uniform(0.0, 0.03) for k in range(600) if rng.random() < 0.1}
+    assert worst_error(arrivals(bpm, 600, 0.0, delays=delays), bpm) < 0.03
+
+
+@pytest.mark.parametrize("bpm", [20.0, 400.0])
+def test_tempo_estimate_at_the_range_ends_stays_in_range(bpm: float) -> None:
+    rng = random.Random(3)
+    est = TempoEstimator()
+    for t in arrivals(bpm, 300, 256 / 48000 if bpm > 100 else 0.0):
+        est.add(t + rng.uniform(-0.0002, 0.0002) * (bpm < 100))
+        assert est.bpm is None or check_bpm(est.bpm) == est.bpm  # never outside 20-400
+    assert est.bpm == pytest.approx(bpm, rel=0.01)
+
+
+def test_tempo_estimate_never_leaves_the_range_on_wild_input() -> None:
+    est = TempoEstimator()
+    for k in range(200):
+        est.add(k * 0.0001)  # 10 000 clocks a second
+        assert est.bpm is None or 399.9 < est.bpm <= 400.0
+    est = TempoEstimator(gap_s=10.0)
+    for k in range(60):
+        est.add(k * 2.0)  # one clock every 2 s
+    assert est.bpm is not None and 20.0 <= est.bpm < 20.1
+
+
 # --- InternalClock with a fake clock ----------------------------------------------------------
 
 class FakeTime:

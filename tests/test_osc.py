@@ -309,6 +309,37 @@ def test_each_kind_of_bad_input_is_logged_once(client: Client, server: OscServer
     assert server.counters["bad_type"] == 30
 
 
+@pytest.mark.parametrize("datagram", [
+    b"/vaejam/tempo\x00\x00\x00,f\x00\x00B",  # a 1-byte float: python-osc read it as 32.0
+    b"/vaejam/tempo\x00\x00\x00,f\x00\x00B\xf0\x00",  # 2 of its 4 bytes
+    b"/vaejam/note\x00\x00\x00\x00,ii\x00\x00\x00\x00<",  # the second int missing
+    b"/vaejam/style\x00\x00\x00,s\x00\x00funk",  # string without its NUL
+    b"/vaejam/tempo\x00\x00\x00,f\x00\x00B\xf0\x00\x00\x00\x00\x00\x07",  # bytes after the last argument
+    b"#bundle\x00" + bytes(8) + b"\x00\x00\x00\x18/vaejam/tempo\x00\x00\x00,f\x00\x00B",  # element size lies
+])
+def test_truncated_packets_are_dropped_not_guessed(datagram: bytes, client: Client, target: FakeTarget,
+                                                    server: OscServer) -> None:
+    client.send(datagram)
+    client.status()
+    assert target.taken() == [] and server.counters["malformed"] == 1 and server.counters["ok"] == 0
+
+
+def test_python_osc_warnings_are_counted_not_logged_per_packet(client: Client, target: FakeTarget, server: OscServer,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    # Unknown type tags and unknown bundle elements made python-osc log a warning each (746 lines).
+    caplog.set_level(logging.INFO)
+    odd_tag = b"/vaejam/tempo\x00\x00\x00,x\x00\x00"
+    odd_element = b"#bundle\x00" + bytes(8) + b"\x00\x00\x00\x04abcd"
+    for _ in range(40):
+        client.send(odd_tag)
+        client.send(odd_element)
+    client.status()
+    lines = [r.getMessage() for r in caplog.records]
+    assert not [line for line in lines if "Unhandled parameter type" in line or "Could not identify" in line]
+    assert sum("malformed datagram" in line for line in lines) == 1
+    assert server.counters["malformed"] == 80 and target.taken() == []
+
+
 def test_address_patterns_match_table_addresses(client: Client, target: FakeTarget, server: OscServer) -> None:
     client.message("/vaejam/mute/*", 1)
     client.message("/vaejam/velocity/{bass,drums}", 0.5)

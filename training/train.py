@@ -68,7 +68,8 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but torch sees no CUDA device")
+        from bridge.cli import no_cuda_message
+        raise ValueError(no_cuda_message(f"--device {name}"))
     if name != "cpu" and not name.startswith("cuda"):
         raise ValueError(f"--device must be auto, cpu or cuda[:N], got {name!r}")
     return torch.device(name)
@@ -397,13 +398,14 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("train", help="train VAEs, MelodyNN and ConditionalNNs on a corpus")
     parser.add_argument("--data", required=True, help="corpus directory (vaejam data synth|midi)")
     parser.add_argument("--out", required=True, help="model directory to write")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--vae-epochs", type=int, default=TrainConfig.vae_epochs)
-    parser.add_argument("--nn-epochs", type=int, default=TrainConfig.nn_epochs)
-    parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
-    parser.add_argument("--lr", type=float, default=TrainConfig.lr)
-    parser.add_argument("--latent", type=int, default=16, choices=(8, 16, 32, 64))
+    parser.add_argument("--device", default="auto", help="auto, cpu, or cuda[:N] with a CUDA build of torch")
+    parser.add_argument("--seed", type=int, default=0, help="seed for initial weights and batch order")
+    parser.add_argument("--vae-epochs", type=int, default=TrainConfig.vae_epochs, help="epochs of stage 1 (the VAEs)")
+    parser.add_argument("--nn-epochs", type=int, default=TrainConfig.nn_epochs,
+                        help="epochs of stages 2 and 3 (MelodyNN, ConditionalNNs)")
+    parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size, help="bars per batch")
+    parser.add_argument("--lr", type=float, default=TrainConfig.lr, help="Adam learning rate")
+    parser.add_argument("--latent", type=int, default=16, choices=(8, 16, 32, 64), help="latent size of each VAE")
     parser.add_argument("--channels", default="64,128,256", help="VAE conv widths")
     parser.add_argument("--likelihood", default="gaussian", choices=("gaussian", "bernoulli"),
                         help="VAE pixel likelihood")
