@@ -33,7 +33,8 @@ import numpy as np
 from bridge.clock import (
     TICKS_PER_BAR, TICKS_PER_STEP, CountedLog, InternalClock, MidiClockFollower, TICKS_PER_BEAT,
 )
-from models.bars import BAND, N_PITCHES, STEPS_PER_BAR, Note
+from models.bars import BAND, N_PITCHES, STEPS_PER_BAR, Note, roll_notes  # noqa: F401 - roll_notes re-exported
+from models.chords import HARMONY_CHORDS, STEPS_PER_BEAT, ChordFollower, Harmony, beat_notes, heard_context
 from models.controls import Controls
 
 log = logging.getLogger(__name__)
@@ -101,19 +102,6 @@ class PianoNote:
 
 
 _SENTINEL = object()
-
-
-def roll_notes(roll: np.ndarray) -> tuple[Note, ...]:
-    """models.bars.roll_to_notes without its per-pitch Python loop (10 ms -> well under 1 ms a bar,
-    which matters inside the lookahead window); the same notes in the same order (tested)."""
-    on = np.zeros((roll.shape[1], roll.shape[0] + 2), bool)  # (pitch, T + 2): pitch-major, padded
-    on[:, 1:-1] = (roll > 0).T
-    change = np.diff(on.astype(np.int8), axis=1)
-    pitches, starts = np.nonzero(change == 1)  # pitch-major order: each start pairs with the next end
-    _, ends = np.nonzero(change == -1)
-    velocities = np.clip(np.rint(roll[starts, pitches] * 127), 1, 127).astype(int)
-    order = np.lexsort((pitches, starts))
-    return tuple(Note(int(starts[i]), int(ends[i]), int(pitches[i]), int(velocities[i])) for i in order)
 
 
 class InferenceWorker(threading.Thread):
@@ -288,6 +276,8 @@ class LiveSession:
         self._autopilot_left = 0  # _lock
         self._expected: int | None = None  # serial bar an inference is running for; _lock
         self._ready: BarResult | None = None  # the newest finished result; _lock
+        self._playing: tuple[BarResult, int] | None = None  # the bar being played, its first step; _lock
+        self._follower = ChordFollower()  # beat-level chord follow of the band's notes; _lock
         self._last_inference_ms = 0.0  # _lock
         self._counters = _Counters()  # _lock
         self._take_origin: int | None = None  # serial step where the take started; _lock
@@ -315,7 +305,7 @@ class LiveSession:
         self.internal.stop(block=True)
         with self._lock:
             self._running = False
-            self._expected, self._ready = None, None
+            self._expected, self._ready, self._playing = None, None, None
             self._close_open_notes()
         self.scheduler.panic()
         self._stop_take()
@@ -439,7 +429,8 @@ class LiveSession:
         self._bar_abs = tick // TICKS_PER_BAR
         self._slide_empty_take()
         self._last_tick, self._last_t = tick, t
-        self._expected, self._ready = None, None
+        self._expected, self._ready, self._playing = None, None, None
+        self._follower.reset()  # a new run counts steps anew
 
     def _on_tick(self, tick: int, t: float) -> None:
         if not self._running:
@@ -451,6 +442,8 @@ class LiveSession:
         bar_abs, in_bar = divmod(step, STEPS_PER_BAR)
         if bar_abs != self._bar_abs:
             self._downbeat(bar_abs, step)
+        elif in_bar % STEPS_PER_BEAT == 0:
+            self._play_beat(in_bar // STEPS_PER_BEAT)
         if in_bar == STEPS_PER_BAR - self.options.lookahead_steps:
             self._hand_over()
         self.scheduler.on_step(step)
@@ -461,7 +454,7 @@ class LiveSession:
         self._last_tick = max(self._last_tick, tick)
         self._close_open_notes()
         self._running = False
-        self._expected, self._ready = None, None
+        self._expected, self._ready, self._playing = None, None, None
         self.scheduler.panic()
         self._counters.panics += 1
 
@@ -473,6 +466,7 @@ class LiveSession:
         self._bar_abs = bar_abs
         oldest = (self._serial - 2) * STEPS_PER_BAR
         self._closed = [n for n in self._closed if n.end > oldest]
+        self._playing = None
         if self._expected == self._serial:
             ready = self._ready
             if ready is not None and ready.serial == self._serial:
@@ -485,15 +479,34 @@ class LiveSession:
         self._flush_take()
 
     def _play(self, result: BarResult, bar_start_step: int) -> None:
+        """A generated bar starts: its notes go to the scheduler beat by beat (_play_beat)."""
+        self._playing = (result, bar_start_step)
+        self._counters.bars_scheduled += 1
+        self._play_beat(0)
+
+    def _play_beat(self, beat: int) -> None:
+        """At a beat's first step, before the scheduler sends it: the beat's notes, fitted to the
+        chords the piano has played so far when the bar's harmony setting asks for it
+        (models.chords; the offline render calls the same code)."""
+        if self._playing is None:
+            return
+        result, bar_start_step = self._playing
         mute = self._staged.mute  # the latest mute, so a mute after the lookahead still silences
         played = [name for name in BAND if not mute[name]]
         if self.options.echo_piano:
             played.append("piano")
+        harmony = None
+        if result.controls.harmony == HARMONY_CHORDS:
+            harmony = Harmony(heard_context(self.piano_bar(self._serial - 1), self.piano_bar(self._serial), beat))
+        fitted: dict[str, list[Note]] = {}
         for name in played:
+            notes = beat_notes(result.parts[name], beat)
+            if harmony is not None:
+                notes = self._follower.fit_beat(name, notes, harmony, bar_start_step + beat * STEPS_PER_BEAT)
+            fitted[name] = notes
             # The engine applied the velocity control already (scale 1.0 here, or it would count twice).
-            self.scheduler.schedule_bar(bar_start_step, name, result.parts[name], 1.0)
-        self._counters.bars_scheduled += 1
-        self._record_parts(result, played)
+            self.scheduler.schedule_bar(bar_start_step, name, notes, 1.0)
+        self._record_parts(fitted)
 
     def _hand_over(self) -> None:
         """The lookahead step: snapshot the bar in progress and start generating the next one."""
@@ -543,13 +556,26 @@ class LiveSession:
         make = self.options.make_recorder or _take_recorder
 
         def start() -> None:
+            if self._recorder is not None and self._recorder.recording:
+                return  # a start while recording is no new take
             self._recorder = make(directory)
-            path = self._recorder.start(bpm)
             with self._lock:
-                self._take_path = path
-            log.info("recording take %s", path)
+                self._take_path = None  # until the new take reaches the disk
+            path = self._recorder.start(bpm)
+            self._note_take_write(path)
+            if path is not None:
+                log.info("recording take %s", path)
 
         self.worker.submit(start)
+
+    def _note_take_write(self, path: Path | None) -> None:
+        """Worker thread, after each take write: the take's path and whether writing fails
+        (TakeRecorder keeps a write error in `error` instead of raising, and retries next bar)."""
+        error = getattr(self._recorder, "error", "")
+        with self._lock:
+            self._take_path = path or self._take_path
+            if error:
+                self._counters.extra["record_errors"] = self._counters.extra.get("record_errors", 0) + 1
 
     def _stop_take(self) -> None:
         with self._lock:
@@ -563,6 +589,7 @@ class LiveSession:
         def stop() -> None:
             if self._recorder is not None:
                 path = self._recorder.stop()
+                self._note_take_write(path)
                 self._recorder = None
                 log.info("take finalised: %s", path)
 
@@ -587,14 +614,14 @@ class LiveSession:
         shifted = Note(max(note.start - origin, 0), note.end - origin, note.pitch, note.velocity)
         self.worker.submit(lambda: self._recorder and self._recorder.add_notes("piano", [shifted], 0))
 
-    def _record_parts(self, result: BarResult, played: Sequence[str]) -> None:
+    def _record_parts(self, parts: Mapping[str, Sequence[Note]]) -> None:
         origin = self._take_origin
         if origin is None:
             return
         offset = self._serial * STEPS_PER_BAR - origin
-        for name in played:
+        for name, part in parts.items():
             if name != "piano":  # the take's piano is the one played, not the predicted one
-                notes = list(result.parts[name])
+                notes = list(part)
                 self._take_has_notes = self._take_has_notes or bool(notes)
                 self.worker.submit(lambda n=name, ns=notes: self._recorder and self._recorder.add_notes(n, ns, offset))
 
@@ -608,7 +635,13 @@ class LiveSession:
             self._take_bpm = bpm
             step = self._serial * STEPS_PER_BAR - self._take_origin
             self.worker.submit(lambda: self._recorder and self._recorder.set_tempo(step, bpm))
-        self.worker.submit(lambda: self._recorder and self._recorder.flush())
+
+        def flush() -> None:
+            if self._recorder is not None:
+                self._recorder.flush()
+                self._note_take_write(getattr(self._recorder, "path", None))
+
+        self.worker.submit(flush)
 
     # ---- ControlTarget -----------------------------------------------------------------------
     def set_control(self, name: str, value: float | int | str) -> None:
@@ -668,7 +701,8 @@ class LiveSession:
         """Every sounding note off (note-offs + CC 123) now; the band goes on from the next bar."""
         with self._lock:
             self._counters.panics += 1
-        self.scheduler.panic()
+            self._playing = None  # the rest of this bar's beats stay silent
+            self.scheduler.panic()
 
     def swap_engine(self, engine: Engine) -> None:
         """A new model: release everything now; the worker takes the engine before its next bar."""
@@ -692,11 +726,15 @@ class LiveSession:
                 "autopilot": self._autopilot, "autopilot_left": self._autopilot_left,
                 "recording": int(self._take_origin is not None),
                 "take": str(self._take_path or ""),
+                # why the take is not being written (full disk, read-only folder); "" when it is
+                "record_error": getattr(self._recorder, "error", "") if self._take_origin is not None else "",
+                "record_errors": c.extra.get("record_errors", 0),
             }
             status.update(self._staged.as_dict())
             status.update({k: v for k, v in vars(c).items() if k not in ("extra", "late_bars")})
             status.update(c.extra)
         status.update(self.worker.errors.counts)
+        status["capped_notes"] = int(getattr(self.worker.engine, "capped_notes", 0))  # models.limits ceiling
         if self.extra_status is not None:
             status.update(self.extra_status())
         return status

@@ -141,9 +141,46 @@ def _write_notes(roll: np.ndarray, notes: Iterable[tuple[int, int, int, int]]) -
             roll[start - 1, pitch] = 0.0
 
 
+AUTO_TRACK = "auto"  # piano_track value: GM pianos, else the most chordal guitar/strings track
+AUTO_MIN_NOTE_SHARE = 0.1  # an auto candidate needs this share of the busiest candidate's notes
+
+
+def track_polyphony(midi: pretty_midi.PrettyMIDI, inst: pretty_midi.Instrument) -> float:
+    """Mean number of pitches sounding at once over the steps where the track sounds; 0 without notes."""
+    if not inst.notes:
+        return 0.0
+    spans = [(_note_steps(midi, n), n.pitch) for n in inst.notes]
+    roll = np.zeros((max(end for (_, end), _ in spans), N_PITCHES), bool)  # (T, 128) sounding cells
+    for (start, end), pitch in spans:
+        roll[start:end, pitch] = True
+    per_step = roll.sum(axis=1)
+    return float(per_step[per_step > 0].mean())
+
+
+def _auto_piano_tracks(midi: pretty_midi.PrettyMIDI) -> list[pretty_midi.Instrument]:
+    """GM piano tracks with notes if any; else the one most chordal guitar or strings track.
+
+    Most chordal: highest track_polyphony, ties by note count, then the earlier track. Drums, bass
+    and programs LPD-5 drops never lead; nor does a track with under AUTO_MIN_NOTE_SHARE of the
+    busiest candidate's notes (a few stray chords are not a part to follow).
+    """
+    pianos = [i for i in midi.instruments if instrument_for_program(i.program, i.is_drum) == "piano" and i.notes]
+    if pianos:
+        return pianos
+    candidates = [i for i in midi.instruments
+                  if i.notes and instrument_for_program(i.program, i.is_drum) in ("guitar", "strings")]
+    if not candidates:
+        return []
+    busiest = max(len(i.notes) for i in candidates)
+    candidates = [i for i in candidates if len(i.notes) >= AUTO_MIN_NOTE_SHARE * busiest]
+    return [max(candidates, key=lambda i: (track_polyphony(midi, i), len(i.notes)))]  # max keeps the first of ties
+
+
 def _select_tracks(
     midi: pretty_midi.PrettyMIDI, instrument: str, track: str | int | None
 ) -> list[pretty_midi.Instrument]:
+    if isinstance(track, str) and track.strip().lower() == AUTO_TRACK and instrument == "piano":
+        return _auto_piano_tracks(midi)
     if track is None:
         return [i for i in midi.instruments if instrument_for_program(i.program, i.is_drum) == instrument]
     if isinstance(track, int) or (isinstance(track, str) and track.isdigit()):
@@ -160,7 +197,9 @@ def midi_to_song(
     """Read a 4/4 MIDI file as bars of all five instruments.
 
     piano_track picks the piano part by track name or index; by default every piano-program
-    track (GM 0-7) is merged. Other tracks merge by LPD-5 family.
+    track (GM 0-7) is merged. "auto" takes the GM pianos too, or, in a song without one, the most
+    chordal guitar or strings track (`_auto_piano_tracks`). Other tracks merge by LPD-5 family; a
+    track read as piano is left out of the family it would otherwise merge into.
     """
     name = os.fspath(path)
     midi = load_midi(name)
@@ -169,9 +208,11 @@ def midi_to_song(
         raise EmptySongError(f"{name}: the file has no notes")
     piano_tracks = _select_tracks(midi, "piano", piano_track)
     if require_piano and not any(t.notes for t in piano_tracks):
-        wanted = "a piano part (GM programs 1-8)" if piano_track is None else f"track {piano_track!r}"
+        wanted = ("a piano part (GM programs 1-8)" if piano_track is None
+                  else "a piano or chordal guitar/strings track (auto)"
+                  if str(piano_track).strip().lower() == AUTO_TRACK else f"track {piano_track!r}")
         raise NoPianoError(
-            f"{name}: no notes in {wanted}; pick one with --piano-track NAME|INDEX. Tracks:\n"
+            f"{name}: no notes in {wanted}; pick one with --piano-track NAME|INDEX|auto. Tracks:\n"
             + describe_tracks(midi)
         )
     end_step = max(_note_steps(midi, n)[1] for n in all_notes)
@@ -255,3 +296,16 @@ def to_uint8(bars: np.ndarray) -> np.ndarray:
 
 def from_uint8(bars: np.ndarray) -> np.ndarray:
     return bars.astype(np.float32) / 127.0
+
+
+def roll_notes(roll: np.ndarray) -> tuple[Note, ...]:
+    """models.bars.roll_to_notes without its per-pitch Python loop (10 ms -> well under 1 ms a bar,
+    which matters inside the lookahead window); the same notes in the same order (tested)."""
+    on = np.zeros((roll.shape[1], roll.shape[0] + 2), bool)  # (pitch, T + 2): pitch-major, padded
+    on[:, 1:-1] = (roll > 0).T
+    change = np.diff(on.astype(np.int8), axis=1)
+    pitches, starts = np.nonzero(change == 1)  # pitch-major order: each start pairs with the next end
+    _, ends = np.nonzero(change == -1)
+    velocities = np.clip(np.rint(roll[starts, pitches] * 127), 1, 127).astype(int)
+    order = np.lexsort((pitches, starts))
+    return tuple(Note(int(starts[i]), int(ends[i]), int(pitches[i]), int(velocities[i])) for i in order)

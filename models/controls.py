@@ -30,8 +30,10 @@ CONTROL_SPECS: dict[str, ControlSpec] = {
     "style": ControlSpec(str, None, None, "",
         "Style bank name (vaejam style add NAME REF.mid); empty for none"),
     "seed": ControlSpec(int, 0, 2**31 - 1, 0, "Random seed; setting it restarts the band's random stream"),
-    "key_lock": ControlSpec(int, 0, 1, 1,
-        "1 keeps guitar, bass and strings in the key the piano plays in (out-of-key notes move a semitone); 0 = the raw model"),
+    "harmony": ControlSpec(int, 0, 2, 2,
+        "How the band follows the piano's harmony: 0 = the raw model; 1 = key lock (out-of-key notes move a "
+        "semitone); 2 = chord follow: at each beat, guitar/bass/strings move to the chord the piano has played "
+        "so far (bass to the root on the beat, chords voiced)"),
     "mute": ControlSpec(int, 0, 1, 0, "1 silences the instrument (its sounding notes are released)", True),
     "density": ControlSpec(float, 0.0, 1.0, 0.5,
         "More or fewer notes: lowers or raises the binarisation threshold of the decoded bar", True),
@@ -81,7 +83,7 @@ class Controls:
     alpha: float = CONTROL_SPECS["alpha"].default  # type: ignore[assignment]
     style: str = ""
     seed: int = 0
-    key_lock: int = 1
+    harmony: int = 2
     mute: Mapping[str, int] = field(default_factory=lambda: _per_instrument("mute"))
     density: Mapping[str, float] = field(default_factory=lambda: _per_instrument("density"))
     velocity: Mapping[str, float] = field(default_factory=lambda: _per_instrument("velocity"))

@@ -14,7 +14,9 @@ import torch
 from models.bars import INSTRUMENTS, N_PITCHES, STEPS_PER_BAR
 from models.controls import Controls, density_threshold
 from models.fused import FusedBand
+from models.chords import HARMONY_KEY
 from models.harmony import KeyTracker, snap_to_scale
+from models.limits import cap_notes_in_place
 from models.networks import BandModel
 from models.style import StyleBank, sample_style
 
@@ -84,7 +86,7 @@ class BandEngine:
             self.key.update(piano_bar)
         decoded = self._decode_next(torch.from_numpy(np.ascontiguousarray(piano_bar, np.float32)))
         out = self._binarise(decoded)
-        scale = self.key.scale_mask() if self.controls.key_lock else None
+        scale = self.key.scale_mask() if self.controls.harmony >= HARMONY_KEY else None
         if scale is not None:
             for i, instrument in enumerate(INSTRUMENTS):
                 if instrument != "drums":
@@ -135,6 +137,7 @@ class BandEngine:
             # the decoder's confidence adds a little accent around the pianist's level
             accent = 0.85 + 0.3 * (decoded[i] - threshold) / max(1e-6, 1.0 - threshold)
             out[i][on] = np.clip(self.dynamics * gain * accent[on], 1 / 127, 1.0)
+            self.capped_notes = getattr(self, "capped_notes", 0) + cap_notes_in_place(out[i], decoded[i])
         return out
 
     def warmup(self, steps: int = 3) -> None:

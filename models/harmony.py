@@ -5,7 +5,8 @@ to the mean blurs which key a bar is in (measured: tonal distance to the piano n
 shuffled bars, see the issue notes). A musician expects the band to stay in key, so the engine
 tracks the piano's key (Krumhansl-Kessler profiles over a decaying pitch-class histogram) and moves
 each out-of-scale note of guitar, bass, strings (and the echoed piano) to the nearest scale
-degree. Drums are left alone. `key_lock` 0 turns it off, so the raw model can be heard and measured.
+degree. Drums are left alone. The `harmony` control: 0 turns it off, so the raw model can be heard and measured; 1 is key lock
+alone; 2 (the default) adds beat-level chord follow on top (models.chords).
 """
 from __future__ import annotations
 

@@ -16,10 +16,14 @@ import numpy as np
 import pretty_midi
 from tqdm import tqdm
 
-from models.bars import BAND, INSTRUMENTS, N_PITCHES, Song, bars_to_instrument, midi_to_song
+from models.bars import (
+    BAND, INSTRUMENTS, N_PITCHES, STEPS_PER_BAR, Song, bars_to_instrument, midi_to_song, roll_notes,
+)
+from models.chords import HARMONY_CHORDS, ChordFollower, fit_bar, notes_roll
 from models.checkpoint import load_band_model
 from models.controls import Controls
 from models.engine import BandEngine
+from models.files import MIDI_SUFFIXES, atomic_write, check_distinct, check_input_file, check_output_file
 from models.style import load_style_banks
 
 @dataclass
@@ -35,9 +39,16 @@ def play_bars(engine: BandEngine, bars: np.ndarray, progress: bool = False) -> t
     band = np.zeros_like(bars)
     band[:, 0] = bars[:, 0]
     step_ms = []
+    follower = ChordFollower()
     for t in tqdm(range(len(bars) - 1), desc="render", unit="bar", disable=not progress):
-        band[t + 1, 1:] = engine.step(bars[t, 0])[1:]
+        out = engine.step(bars[t, 0])
         step_ms.append(engine.last_step_ms)
+        if engine.controls.harmony == HARMONY_CHORDS:
+            # beat by beat, each beat hearing only the piano before it, as the live session does
+            parts = {name: roll_notes(out[i]) for i, name in enumerate(BAND, start=1)}
+            fitted = fit_bar(follower, parts, bars[t, 0], bars[t + 1, 0], (t + 1) * STEPS_PER_BAR)
+            out[1:] = np.stack([notes_roll(fitted[name]) for name in BAND])
+        band[t + 1, 1:] = out[1:]
     return band, step_ms
 
 
@@ -53,7 +64,7 @@ def write_render(result: RenderResult, path: str | os.PathLike) -> pretty_midi.P
     out.instruments = [copy.deepcopy(original.instruments[i]) for i in result.song.piano_tracks]
     for instrument in BAND:
         out.instruments.append(bars_to_instrument(result.band[:, INSTRUMENTS.index(instrument)], instrument, original))
-    out.write(os.fspath(path))
+    atomic_write(path, lambda tmp: out.write(os.fspath(tmp)))
     return out
 
 
@@ -77,23 +88,27 @@ def plot_bars(bars: np.ndarray, path: str | os.PathLike, title: str = "") -> Non
     axes[-1].set_xlabel("bar")
     axes[0].set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=90))
     plt.close(fig)
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("render", help="play a MIDI file's piano part to the band, offline")
     parser.add_argument("song", help="a 4/4 MIDI file with a piano part")
-    parser.add_argument("-o", "--out", required=True, help="MIDI file to write")
+    parser.add_argument("-o", "--out", required=True, help="MIDI file to write (never the input file)")
     parser.add_argument("--model", default=None, help="model directory (default: the shipped model)")
-    parser.add_argument("--noise-sd", type=float, default=Controls.noise_sd)
-    parser.add_argument("--alpha", type=float, default=Controls.alpha)
+    parser.add_argument("--noise-sd", type=float, default=Controls.noise_sd,
+                        help="how adventurous the band is: sd of the noise on the piano latent")
+    parser.add_argument("--alpha", type=float, default=Controls.alpha,
+                        help="style blend 0-1: how far the band is pulled towards --style")
     parser.add_argument("--style", default="", help="a style bank name (vaejam style list) or a MIDI file")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--piano-track", default=None, help="piano track name or index (default: GM pianos)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed: same seed, same band")
+    parser.add_argument("--piano-track", default=None,
+                        help="piano track name or index, or 'auto': GM pianos, else the most chordal "
+                             "guitar/strings track (default: GM pianos)")
     parser.add_argument("--density", type=float, default=0.5, help="0-1, for every band instrument")
     parser.add_argument("--mute", default="", help="comma-separated instruments to leave silent")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda[:N] with a CUDA build of torch")
     parser.add_argument("--plot", default=None, help="PNG piano-roll picture of all five tracks")
     parser.set_defaults(func=_render_command)
 
@@ -110,8 +125,10 @@ def controls_from_args(args: argparse.Namespace) -> Controls:
 
 
 def _render_command(args: argparse.Namespace) -> int:
-    if Path(args.out).suffix.lower() not in (".mid", ".midi"):
-        raise ValueError(f"--out {args.out}: give a .mid file name")
+    from bridge.cli import check_device
+
+    _check_paths(args)
+    check_device(args.device)
     model = load_band_model(args.model, device=args.device)
     styles = load_style_banks(args.model, model)
     controls = controls_from_args(args)
@@ -136,6 +153,15 @@ def _render_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_paths(args: argparse.Namespace) -> None:
+    """Every file named, checked before any work: no .mid is written and then the plot refused."""
+    check_input_file(args.song)
+    check_output_file(args.out, "--out", MIDI_SUFFIXES, inputs=[args.song])
+    if args.plot:
+        check_output_file(args.plot, "--plot", (".png",), inputs=[args.song])
+    check_distinct({"--out": args.out, "--plot": args.plot})
+
+
 def _track_arg(value: str | None) -> str | int | None:
     return int(value) if value is not None and value.isdigit() else value
 
@@ -144,8 +170,9 @@ def _resolve_style(model, styles: dict, style: str) -> tuple[dict, str]:
     """A style name from the bank, or a MIDI file encoded on the fly."""
     if style in styles:
         return styles, style
-    if Path(style).suffix.lower() in (".mid", ".midi"):
+    if Path(style).suffix.lower() in MIDI_SUFFIXES:
         from models.style import encode_style
+        check_input_file(style)
         bank = encode_style(model, "reference", style)
         return {**styles, bank.name: bank}, bank.name
     known = ", ".join(sorted(styles)) or "none yet (vaejam style add NAME REF.mid)"

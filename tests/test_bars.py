@@ -7,7 +7,7 @@ import pytest
 
 from models.bars import (
     EmptySongError, MeterError, MidiReadError, NoPianoError, Note, instrument_for_program,
-    midi_to_song, roll_to_notes, song_to_midi, tempo_midi,
+    midi_to_song, roll_to_notes, song_to_midi, tempo_midi, track_polyphony,
 )
 from tests.conftest import band_song
 
@@ -131,3 +131,80 @@ def test_truncated_and_empty_files(tmp_path):
     garbage.write_text("not midi")
     with pytest.raises(MidiReadError):
         midi_to_song(garbage)
+
+
+# --- piano_track="auto" -----------------------------------------------------------------------
+# At 120 BPM a step (a 32nd) is 1/16 s, so a note of 0.5 s fills one beat.
+
+def track(program: int, chords: list[tuple[int, ...]], is_drum: bool = False, name: str = "") -> pretty_midi.Instrument:
+    """One chord per beat from 0 s; () is a rest."""
+    inst = pretty_midi.Instrument(program, is_drum=is_drum, name=name)
+    for beat, chord in enumerate(chords):
+        for pitch in chord:
+            inst.notes.append(pretty_midi.Note(90, pitch, beat * 0.5, beat * 0.5 + 0.5))
+    return inst
+
+
+def write_tracks(path, *tracks: pretty_midi.Instrument):
+    midi = tempo_midi(120)
+    midi.instruments.extend(tracks)
+    midi.write(str(path))
+    return path
+
+
+def pitches(bars: np.ndarray) -> set[int]:
+    """Pitches sounding anywhere in one instrument's (n_bars, 32, 128) bars."""
+    return set(np.flatnonzero(bars.any(axis=(0, 1))).tolist())
+
+
+def test_track_polyphony_is_the_mean_over_sounding_steps():
+    midi = tempo_midi(120)
+    inst = track(48, [(60, 64, 67), (), (72,)])  # 8 steps of 3 pitches, a rest, 8 steps of 1
+    assert track_polyphony(midi, inst) == pytest.approx(2.0)
+    assert track_polyphony(midi, pretty_midi.Instrument(48)) == 0.0
+
+
+def test_auto_takes_the_gm_pianos_when_there_are_any(tmp_path):
+    path = write_tracks(tmp_path / "p.mid", track(26, [(60, 64, 67)] * 4), track(1, [(48,)] * 4))
+    song = midi_to_song(path, piano_track="auto")
+    assert song.piano_tracks == (1,)
+    assert pitches(song.bars[:, 0]) == {48}
+    assert pitches(song.bars[:, 1]) == {60, 64, 67}  # the chordal guitar stays in the band
+    assert np.array_equal(song.bars, midi_to_song(path).bars)  # as the default
+
+
+def test_auto_without_piano_takes_the_most_chordal_track_out_of_the_band(tmp_path):
+    path = write_tracks(
+        tmp_path / "nopiano.mid",
+        track(48, [(72,), (74,), (76,), (77,)]),  # strings melody: one pitch at a time
+        track(33, [(36, 43, 48)] * 4),  # chordal bass: never the part to follow
+        track(0, [(36,), (42,)] * 2, is_drum=True),
+        track(29, [(52, 55, 59)] * 4),  # overdriven guitar chords: the one to follow
+        track(27, [(64,), (67,)] * 2),  # a second, single-note guitar stays guitar
+    )
+    with pytest.raises(NoPianoError):
+        midi_to_song(path)
+    song = midi_to_song(path, piano_track="auto")
+    assert song.piano_tracks == (3,)
+    assert pitches(song.bars[:, 0]) == {52, 55, 59}
+    assert pitches(song.bars[:, 1]) == {64, 67}  # removed from guitar, the other guitar kept
+    assert pitches(song.bars[:, 2]) == {36, 43, 48}
+    assert pitches(song.bars[:, 3]) == {72, 74, 76, 77}
+    assert pitches(song.bars[:, 4]) == {36, 42}
+    assert midi_to_song(path, piano_track="AUTO").piano_tracks == (3,)  # case-insensitive
+
+
+def test_auto_breaks_ties_by_note_count_and_ignores_stray_chords(tmp_path):
+    tie = write_tracks(tmp_path / "tie.mid", track(48, [(60, 64)] * 2), track(49, [(62, 65)] * 4))
+    assert midi_to_song(tie, piano_track="auto").piano_tracks == (1,)  # both 2 pitches, more notes
+    same = write_tracks(tmp_path / "same.mid", track(48, [(60, 64)] * 4), track(49, [(62, 65)] * 4))
+    assert midi_to_song(same, piano_track="auto").piano_tracks == (0,)  # full tie: the earlier track
+    stray = write_tracks(tmp_path / "stray.mid", track(50, [(60, 64, 67, 71)]), track(25, [(60, 64)] * 24))
+    assert midi_to_song(stray, piano_track="auto").piano_tracks == (1,)  # 4 of 48 notes is under 10 %
+
+
+def test_auto_with_only_bass_and_drums_is_a_clear_error(tmp_path):
+    path = write_tracks(tmp_path / "rhythm.mid", track(33, [(36, 43)] * 4), track(0, [(36,)] * 4, is_drum=True),
+                        track(100, [(60, 64, 67)] * 4))  # synth effects are dropped, not followed
+    with pytest.raises(NoPianoError, match=r"(?s)rhythm\.mid: no notes in a piano or chordal .*\(auto\).*program 33"):
+        midi_to_song(path, piano_track="auto")

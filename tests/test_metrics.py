@@ -10,7 +10,16 @@ from hypothesis import strategies as st
 
 from models.bars import INSTRUMENTS, roll_to_notes
 from training.metrics import (
+    HARMONY_METRICS,
     TD_PAIRS,
+    chord_tone_rate,
+    copy_rate,
+    harmony_report,
+    mean_harmony_report,
+    pitch_classes_per_bar,
+    polyphony,
+    tonal_distance_per_bar,
+    tonal_distance_per_beat,
     drum_pattern_rate,
     empty_bar_rate,
     format_metrics_table,
@@ -271,3 +280,129 @@ def test_format_metrics_table() -> None:
         "| EB/guitar | 0.250 | 0.500 |  |",
         "| TD/piano-guitar | 1.000 | n/a | 1.250 |",
     ]
+
+
+# --- harmony against the piano ------------------------------------------------------------------
+
+def notes(*spans: tuple[int, int, int, int], n_bars: int = 1) -> np.ndarray:
+    """(n_bars, 32, 128) from (bar, start step, end step, pitch) spans; an end past 32 runs on."""
+    roll = np.zeros((n_bars * 32, 128), np.float32)
+    for bar, start, end, pitch in spans:
+        roll[bar * 32 + start:bar * 32 + end, pitch] = 0.8
+    return roll.reshape(n_bars, 32, 128)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_td_per_beat_is_tonal_distance(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    a, b = (rng.random((3, 32, 128)) > 0.97).astype(np.float32), (rng.random((3, 32, 128)) > 0.97).astype(np.float32)
+    assert tonal_distance_per_beat(a, b) == pytest.approx(tonal_distance(a, b), abs=1e-12)
+
+
+def test_td_per_bar_sums_chroma_over_the_bar() -> None:
+    arpeggio = notes((0, 0, 8, 48), (0, 8, 16, 52), (0, 16, 24, 55))  # C E G, a beat each, then a rest
+    piano = held(C_MAJOR)
+    assert tonal_distance_per_bar(piano, arpeggio) == pytest.approx(0.0, abs=1e-12)  # same chroma over the bar
+    single = [tonal_distance(held((p,)), piano) for p in C_MAJOR]  # what each sounding beat scores
+    assert tonal_distance_per_beat(piano, arpeggio) == pytest.approx(np.mean(single))
+    assert tonal_distance_per_beat(piano, arpeggio) > 0.5
+
+
+def test_td_per_bar_counts_only_bars_where_both_sound() -> None:
+    piano = held(C_MAJOR, n_bars=2)
+    part = notes((0, 0, 32, 66), n_bars=2)  # F# in bar 0 only
+    assert tonal_distance_per_bar(piano, part) == pytest.approx(tonal_distance(held(C_MAJOR), held((66,))))
+    assert math.isnan(tonal_distance_per_bar(notes((0, 0, 4, 60), n_bars=2), notes((1, 0, 4, 60), n_bars=2)))
+
+
+def test_chord_tone_rate_counts_onsets_against_the_bars_piano_classes() -> None:
+    piano = np.concatenate([held(C_MAJOR), held(A_MINOR)])  # C E G, then A C E
+    part = notes(
+        (0, 0, 4, 36), (0, 8, 12, 62), (0, 16, 20, 76), (0, 24, 28, 43),  # C2 D E5 G2: 3 of 4 chord tones
+        (1, 0, 4, 45), (1, 8, 12, 47),  # A2 B2: 1 of 2
+        n_bars=2,
+    )
+    assert chord_tone_rate(part, piano) == pytest.approx(4 / 6)
+    assert math.isnan(chord_tone_rate(np.zeros_like(part), piano))
+
+
+def test_chord_tone_rate_a_tied_note_counts_once_in_the_bar_it_starts() -> None:
+    piano = np.concatenate([held((60,)), held((67,))])  # C, then G
+    tied = notes((0, 24, 40, 55), n_bars=2)  # G3 from bar 0 into bar 1: one onset, in bar 0
+    assert chord_tone_rate(tied, piano) == 0.0
+    restruck = notes((0, 24, 31, 55), (1, 0, 8, 55), n_bars=2)  # two notes: the second is a chord tone
+    assert chord_tone_rate(restruck, piano) == pytest.approx(0.5)
+
+
+def test_pitch_classes_per_bar_counts_classes_in_non_empty_bars() -> None:
+    part = notes((0, 0, 8, 60), (0, 8, 16, 72), (0, 16, 24, 64), (2, 0, 8, 62), n_bars=3)  # C C E | - | D
+    assert pitch_classes_per_bar(part) == pytest.approx(1.5)
+    assert math.isnan(pitch_classes_per_bar(np.zeros((2, 32, 128))))
+
+
+def test_copy_rate_is_the_share_of_cells_the_piano_also_sounds() -> None:
+    piano = notes((0, 0, 32, 60))
+    part = notes((0, 0, 16, 60), (0, 0, 16, 64))  # 16 of 32 cells on the piano's C4
+    assert copy_rate(part, piano) == pytest.approx(0.5)
+    assert copy_rate(notes((0, 0, 16, 72)), piano) == 0.0  # an octave up is not a copy
+    assert copy_rate(piano, piano) == 1.0
+    quiet = piano * 0.3 / 0.8  # velocity 0.3: under the threshold, the piano does not sound
+    assert copy_rate(part, quiet, threshold=0.5) == 0.0
+    assert math.isnan(copy_rate(np.zeros_like(piano), piano))
+
+
+def test_polyphony_is_the_mean_over_sounding_steps() -> None:
+    part = notes((0, 0, 8, 60), (0, 0, 8, 64), (0, 0, 8, 67), (0, 8, 16, 72), n_bars=2)  # 3 then 1, then silence
+    assert polyphony(part) == pytest.approx(2.0)
+    assert polyphony(held(C_MAJOR, n_bars=3)) == 3.0
+    assert math.isnan(polyphony(np.zeros((1, 32, 128))))
+
+
+def test_harmony_report_on_a_song_that_follows_its_piano() -> None:
+    song = i_vi_iv_v_song()
+    report = harmony_report(song)
+    assert set(report) == {"guitar", "bass", "strings"}
+    assert all(tuple(values) == HARMONY_METRICS for values in report.values())
+    guitar, bass, strings = report["guitar"], report["bass"], report["strings"]
+    assert guitar["tonal_distance_per_beat"] == pytest.approx(0.0, abs=1e-12)  # triads an octave up
+    assert guitar["tonal_distance_per_bar"] == pytest.approx(0.0, abs=1e-12)
+    assert guitar["chord_tone_rate"] == bass["chord_tone_rate"] == strings["chord_tone_rate"] == 1.0
+    assert (guitar["pitch_classes_per_bar"], bass["pitch_classes_per_bar"], strings["pitch_classes_per_bar"]) == (3, 1, 2)
+    assert (guitar["polyphony"], bass["polyphony"], strings["polyphony"]) == (3, 1, 2)
+    assert guitar["copy_rate"] == 0.0 and bass["copy_rate"] == 0.0
+    echo = song.copy()
+    echo[:, 1] = echo[:, 0]  # a guitar that doubles the piano
+    assert harmony_report(echo)["guitar"]["copy_rate"] == 1.0
+    silent = song.copy()
+    silent[:, 3] = 0
+    assert all(math.isnan(v) for v in harmony_report(silent)["strings"].values())
+
+
+def test_mean_harmony_report_weighs_songs_equally_and_skips_nan() -> None:
+    song = i_vi_iv_v_song(4)
+    silent = song.copy()
+    silent[:, 3] = 0
+    busy = song.copy()
+    busy[:, 3, :, 80] = 0.5  # the strings add a G#: one more class, one more pitch at once
+    mean = mean_harmony_report([harmony_report(song), harmony_report(busy), harmony_report(silent)])
+    assert mean["strings"]["pitch_classes_per_bar"] == pytest.approx((2 + 3) / 2)  # the silent song left out
+    assert mean["strings"]["polyphony"] == pytest.approx((2 + 3) / 2)
+    assert mean["guitar"]["polyphony"] == 3.0
+    assert all(math.isnan(v) for v in mean_harmony_report([harmony_report(silent)])["strings"].values())
+    with pytest.raises(ValueError, match="^reports:"):
+        mean_harmony_report([])
+
+
+@pytest.mark.parametrize(
+    "call, name",
+    [
+        (lambda: copy_rate(held((60,)), held((60,), n_bars=2)), "piano_bars"),
+        (lambda: chord_tone_rate(np.zeros((32, 128)), held((60,))), "part_bars"),
+        (lambda: polyphony(np.zeros((1, 16, 128))), "part_bars"),
+        (lambda: tonal_distance_per_bar(held((60,)), held((60,), n_bars=2)), "bars_b"),
+        (lambda: harmony_report(np.zeros((1, 4, 32, 128))), "bars"),
+    ],
+)
+def test_harmony_metrics_wrong_shapes_name_the_argument(call, name: str) -> None:
+    with pytest.raises(ValueError, match=f"^{name}:"):
+        call()

@@ -23,6 +23,7 @@ from models.bars import INSTRUMENTS
 from models.checkpoint import load_band_model
 from models.controls import Controls
 from models.engine import BandEngine
+from models.files import atomic_write_text, check_output_file
 from models.networks import BandModel
 from models.render import play_bars
 from training.corpus import Corpus, load_corpus
@@ -62,7 +63,8 @@ def evaluate(model: BandModel, corpus: Corpus, songs: int, seed: int = 0) -> dic
     played, unlocked, real, shuffled, late, times, differences = [], [], [], [], [], [], {}
     rng = np.random.default_rng(seed)
     picked = range(min(songs, corpus.n_songs))
-    variants = {"seed 0": Controls(seed=0), "seed 1": Controls(seed=1), "key lock off": Controls(key_lock=0),
+    variants = {"seed 0": Controls(seed=0), "seed 1": Controls(seed=1), "key lock off": Controls(harmony=0),
+                "key lock only": Controls(harmony=1),
                 "noise 0.3": Controls(noise_sd=0.3), "noise 1.0": Controls(noise_sd=1.0)}
     for index in tqdm(picked, desc="evaluate", unit="song"):
         bars = corpus.float_bars(slice(corpus.song_starts[index], corpus.song_starts[index + 1]))
@@ -78,7 +80,7 @@ def evaluate(model: BandModel, corpus: Corpus, songs: int, seed: int = 0) -> dic
         for a, b in (("seed 0", "seed 1"), ("noise 0.3", "noise 1.0")):
             differences.setdefault(f"{a} vs {b}", []).append(cell_difference(outs[a], outs[b]))
     systems = {"held-out data": mean_metrics(real), "vaejam": mean_metrics(played),
-               "vaejam, key lock off": mean_metrics(unlocked),
+               "vaejam, raw model (harmony 0)": mean_metrics(unlocked),
                "real parts one bar late": mean_metrics(late), "shuffled bars": mean_metrics(shuffled)}
     return {
         "songs": len(picked),
@@ -131,7 +133,7 @@ def report_markdown(result: dict, model_dir: str, data: str, split: str) -> str:
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("eval", help="reconstruction F1, objective metrics and variation of a model")
     parser.add_argument("--data", required=True, help="corpus directory")
-    parser.add_argument("--split", default="valid", choices=("train", "valid"))
+    parser.add_argument("--split", default="valid", choices=("train", "valid"), help="which part of the corpus")
     parser.add_argument("--model", default=None, help="model directory (default: the shipped model)")
     parser.add_argument("--songs", type=int, default=20, help="songs to play the band over")
     parser.add_argument("--out", default=None, help="write the Markdown report here (and a .json beside it)")
@@ -141,6 +143,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
 def _eval_command(args: argparse.Namespace) -> int:
     if args.songs < 1:
         raise ValueError("--songs must be >= 1")
+    if args.out:  # before minutes of work, not after
+        check_output_file(args.out, "--out", (".md",))
     model = load_band_model(args.model)
     corpus = load_corpus(args.data, args.split)
     started = time.perf_counter()
@@ -149,6 +153,6 @@ def _eval_command(args: argparse.Namespace) -> int:
     text = report_markdown(result, args.model or "default", args.data, args.split)
     print(text)
     if args.out:
-        Path(args.out).write_text(text)
-        Path(args.out).with_suffix(".json").write_text(json.dumps(result, indent=1))
+        atomic_write_text(args.out, text)
+        atomic_write_text(Path(args.out).with_suffix(".json"), json.dumps(result, indent=1))
     return 0

@@ -20,7 +20,7 @@ comparable with ours):
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -186,6 +186,136 @@ def tonal_distance(bars_a: np.ndarray, bars_b: np.ndarray, threshold: float = 0.
     return float(np.linalg.norm(centroid_a[both] - centroid_b[both], axis=1).mean())
 
 
+def _window_centroids(bars: np.ndarray, threshold: float, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per window of `steps` steps: (n*32/steps, 6) tonal centroids and whether the window has a note.
+
+    The method of _beat_centroids (active cells per pitch class, L1-normalised) on any window size.
+    """
+    counts = (bars > threshold).reshape(-1, steps, N_PITCHES).sum(axis=1)  # (windows, 128)
+    chroma = _chroma(counts).astype(np.float64)  # (windows, 12)
+    total = chroma.sum(axis=1)
+    played = total > 0
+    chroma[played] /= total[played, None]
+    return chroma @ TONAL_MATRIX.T, played
+
+
+def _windowed_tonal_distance(bars_a: np.ndarray, bars_b: np.ndarray, threshold: float, steps: int) -> float:
+    a = _check_bars(bars_a, "bars_a")
+    b = _check_bars(bars_b, "bars_b")
+    if a.shape != b.shape:
+        raise ValueError(f"bars_b: shape {b.shape} does not match bars_a's {a.shape}")
+    centroid_a, played_a = _window_centroids(a, threshold, steps)
+    centroid_b, played_b = _window_centroids(b, threshold, steps)
+    both = played_a & played_b
+    if not both.any():
+        return math.nan
+    return float(np.linalg.norm(centroid_a[both] - centroid_b[both], axis=1).mean())
+
+
+def tonal_distance_per_beat(bars_a: np.ndarray, bars_b: np.ndarray, threshold: float = 0.0) -> float:
+    """TD per beat (chroma of each beat), averaged over beats where both tracks sound: `tonal_distance`."""
+    return _windowed_tonal_distance(bars_a, bars_b, threshold, STEPS_PER_BEAT)
+
+
+def tonal_distance_per_bar(bars_a: np.ndarray, bars_b: np.ndarray, threshold: float = 0.0) -> float:
+    """TD with each bar's chroma summed over the whole bar, averaged over bars where both sound; NaN if none.
+
+    Kinder than per beat to a part that plays the bar's chord tones one after another (a walking
+    bass, an arpeggio), which per beat reads as one pitch class against the piano's triad.
+    """
+    return _windowed_tonal_distance(bars_a, bars_b, threshold, STEPS_PER_BAR)
+
+
+def _check_pair(part_bars: np.ndarray, piano_bars: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    part = _check_bars(part_bars, "part_bars")
+    piano = _check_bars(piano_bars, "piano_bars")
+    if part.shape != piano.shape:
+        raise ValueError(f"piano_bars: shape {piano.shape} does not match part_bars' {part.shape}")
+    return part, piano
+
+
+def chord_tone_rate(part_bars: np.ndarray, piano_bars: np.ndarray, threshold: float = 0.0) -> float:
+    """Share of the part's note onsets whose pitch class the piano sounds somewhere in the same bar.
+
+    Onsets as the other metrics see notes (bars end to end, a tied note starts once); NaN if none.
+    """
+    part, piano = _check_pair(part_bars, piano_bars)
+    onsets = _onsets(_roll(part > threshold)).reshape(part.shape)  # (n, 32, 128)
+    piano_classes = _chroma((piano > threshold).any(axis=1)) > 0  # (n, 12) classes the piano sounds
+    bar, _, pitch = np.nonzero(onsets)
+    if len(bar) == 0:
+        return math.nan
+    return float(piano_classes[bar, pitch % 12].mean())
+
+
+def pitch_classes_per_bar(part_bars: np.ndarray, threshold: float = 0.0) -> float:
+    """Mean number of distinct pitch classes in the part's non-empty bars; NaN if all are empty (= UPC)."""
+    return used_pitch_classes(_check_bars(part_bars, "part_bars"), threshold)
+
+
+def copy_rate(part_bars: np.ndarray, piano_bars: np.ndarray, threshold: float = 0.0) -> float:
+    """Share of the part's sounding cells (bar, step, pitch) that the piano sounds too; NaN if none.
+
+    1.0 is a part that only doubles the piano: what a band that echoes its input scores.
+    """
+    part, piano = _check_pair(part_bars, piano_bars)
+    sounding = part > threshold
+    total = np.count_nonzero(sounding)
+    return float(np.count_nonzero(sounding & (piano > threshold)) / total) if total else math.nan
+
+
+def polyphony(part_bars: np.ndarray, threshold: float = 0.0) -> float:
+    """Mean number of pitches sounding at once over the steps where the part sounds; NaN if silent."""
+    per_step = np.count_nonzero(_check_bars(part_bars, "part_bars") > threshold, axis=-1).ravel()
+    played = per_step[per_step > 0]
+    return float(played.mean()) if len(played) else math.nan
+
+
+HARMONY_PARTS: tuple[str, ...] = ("guitar", "bass", "strings")  # the band parts measured against the piano
+HARMONY_METRICS: tuple[str, ...] = (
+    "tonal_distance_per_beat", "tonal_distance_per_bar", "chord_tone_rate", "pitch_classes_per_bar",
+    "copy_rate", "polyphony",
+)
+
+
+def harmony_report(bars: np.ndarray, threshold: float = 0.0) -> dict[str, dict[str, float]]:
+    """{guitar|bass|strings: {metric: value}} of one (n_bars, 5, 32, 128) song against its piano.
+
+    Metric names are HARMONY_METRICS; NaN where a part (or the piano) has nothing to measure.
+    """
+    song = _check_song(bars, "bars")
+    piano = song[:, INSTRUMENTS.index("piano")]
+    report = {}
+    for name in HARMONY_PARTS:
+        part = song[:, INSTRUMENTS.index(name)]
+        report[name] = {
+            "tonal_distance_per_beat": tonal_distance_per_beat(piano, part, threshold),
+            "tonal_distance_per_bar": tonal_distance_per_bar(piano, part, threshold),
+            "chord_tone_rate": chord_tone_rate(part, piano, threshold),
+            "pitch_classes_per_bar": pitch_classes_per_bar(part, threshold),
+            "copy_rate": copy_rate(part, piano, threshold),
+            "polyphony": polyphony(part, threshold),
+        }
+    return report
+
+
+def mean_harmony_report(reports: Sequence[Mapping[str, Mapping[str, float]]]) -> dict[str, dict[str, float]]:
+    """Average harmony_report over songs, each song weighing the same; a song's NaN is left out.
+
+    NaN where no song has a value. Raises ValueError for no reports.
+    """
+    if not reports:
+        raise ValueError("reports: no songs to average")
+    out: dict[str, dict[str, float]] = {}
+    for part in reports[0]:
+        out[part] = {}
+        for metric in reports[0][part]:
+            values = np.array([r[part][metric] for r in reports], np.float64)
+            values = values[~np.isnan(values)]
+            out[part][metric] = float(values.mean()) if len(values) else math.nan
+    return out
+
+
 def reconstruction_f1(
     target_bars: np.ndarray, predicted_bars: np.ndarray, threshold: float = 0.0
 ) -> tuple[float, float, float]:
@@ -275,6 +405,9 @@ def format_metrics_table(rows: Mapping[str, Mapping[str, float]]) -> str:
 
 
 __all__ = [
+    "HARMONY_METRICS", "HARMONY_PARTS", "chord_tone_rate", "copy_rate", "harmony_report",
+    "mean_harmony_report", "pitch_classes_per_bar", "polyphony", "tonal_distance_per_bar",
+    "tonal_distance_per_beat",
     "MUSEGAN_SHUFFLED_TD", "MUSEGAN_TRAINING_DATA", "PITCHED", "TD_PAIRS", "TONAL_MATRIX",
     "drum_pattern_rate", "empty_bar_rate", "format_metrics_table", "pitch_class_histogram_entropy",
     "qualified_note_rate", "reconstruction_f1", "shuffled_bars", "song_metrics", "tonal_distance",
