@@ -17,7 +17,7 @@ from models.fused import FusedBand
 from models.chords import HARMONY_KEY
 from models.harmony import KeyTracker, snap_to_scale
 from models.limits import cap_notes_in_place
-from models.networks import BandModel
+from models.networks import BandModel, piano_features
 from models.style import StyleBank, sample_style
 
 DEFAULT_DYNAMICS = 90 / 127  # velocity used before the pianist has played anything
@@ -58,6 +58,7 @@ class BandEngine:
         self.generator.manual_seed(self.controls.seed if seed is None else seed)
         # (5, K): the latent each instrument played last; at first a typical training bar's
         self.previous = self.model.initial_latents.detach().clone().to(self.device)
+        self.history: torch.Tensor | None = None  # (context, K) recent piano latent means (arch "context")
         self.dynamics = DEFAULT_DYNAMICS
         self.key = KeyTracker()
 
@@ -96,14 +97,33 @@ class BandEngine:
 
     @torch.inference_mode()
     def _decode_next(self, piano_bar: torch.Tensor) -> np.ndarray:
-        fused, controls = self.fused, self.controls
-        mean = fused.encode_piano(piano_bar.to(self.device))  # (K,)
+        fused, controls, config = self.fused, self.controls, self.model.config
+        piano_bar = piano_bar.to(self.device)
+        mean = fused.encode_piano(piano_bar)  # (K,)
         noise = torch.randn(mean.shape, generator=self.generator, device=self.device)
-        next_piano = fused.next_piano(mean + controls.noise_sd * noise)  # (K,)
-        band = fused.next_band(next_piano, self.previous[1:])  # (4, K)
+        noisy = mean + controls.noise_sd * noise  # the article's noise on the latent means
+        features = piano_features(piano_bar.unsqueeze(0))[0] if config.arch == "context" else None
+        next_piano = self._next_piano(mean, noisy, noise, features)
+        band = fused.next_band(next_piano, self.previous[1:], features)  # (4, K)
         latents = self._mix_style(torch.cat([next_piano.unsqueeze(0), band]))  # (5, K)
         self.previous = latents
         return fused.decode(latents).cpu().numpy()  # (5, 32, 128)
+
+    def _next_piano(self, mean: torch.Tensor, noisy: torch.Tensor, noise: torch.Tensor,
+                    features: torch.Tensor | None) -> torch.Tensor:
+        """The predicted next piano latent, by the source training chose (BandConfig.melody_source)."""
+        config = self.model.config
+        if config.melody_source == "current":
+            return noisy
+        if config.melody_source == "mean":
+            return self.model.initial_latents[0] + self.controls.noise_sd * noise
+        if config.arch == "article":
+            return self.fused.next_piano(noisy)
+        if self.history is None:  # the first bar: as training pads a song's start, with itself
+            self.history = mean.expand(config.context, -1).clone()
+        self.history = torch.cat([self.history[1:], mean.unsqueeze(0)])  # (context, K), clean means
+        inputs = torch.cat([self.history[:-1].flatten(), noisy, features])
+        return self.fused.next_piano(inputs)
 
     def _mix_style(self, latents: torch.Tensor) -> torch.Tensor:
         """z' = alpha * s + (1 - alpha) * z per instrument (the original code mixed only the piano)."""
@@ -142,8 +162,9 @@ class BandEngine:
 
     def warmup(self, steps: int = 3) -> None:
         """A few throw-away steps so the first real bar does not pay for lazy initialisation."""
-        saved = (self.previous.clone(), self.generator.get_state(), self.dynamics, self.key.histogram.copy())
+        saved = (self.previous.clone(), self.generator.get_state(), self.dynamics, self.key.histogram.copy(),
+                 self.history)
         for _ in range(steps):
             self.step(np.zeros((STEPS_PER_BAR, N_PITCHES), np.float32))
-        self.previous, self.dynamics, self.key.histogram = saved[0], saved[2], saved[3]
+        self.previous, self.dynamics, self.key.histogram, self.history = saved[0], saved[2], saved[3], saved[4]
         self.generator.set_state(saved[1])

@@ -34,6 +34,7 @@ class FusedBand:
         self.decoder = [torch.stack(ws) for ws in zip(*(self._decoder_weights(params, f"vaes.{n}.") for n in INSTRUMENTS))]
         m = "melody.net."
         self.melody = [(params[f"{m}{i}.weight"].T.contiguous(), params[f"{m}{i}.bias"]) for i in (0, 3, 5)]
+        self.melody_latest = model.melody.latest if model.melody.residual else None  # arch "context"
         self.conditional = [
             (torch.stack([params[f"conditionals.{n}.net.{i}.weight"].T for n in BAND]),
              torch.stack([params[f"conditionals.{n}.net.{i}.bias"] for n in BAND]).unsqueeze(1))
@@ -80,15 +81,20 @@ class FusedBand:
         x = torch.relu(_patches(x, *KERNELS[2]) @ w3 + b3)  # (1, c3)
         return (x @ wp + bp)[0, :-1]
 
-    def next_piano(self, latent: torch.Tensor) -> torch.Tensor:
-        """MelodyNN in eval mode (no dropout): (K,) -> (K,)."""
+    def next_piano(self, inputs: torch.Tensor) -> torch.Tensor:
+        """MelodyNN in eval mode (no dropout): (K,) -> (K,); arch "context": (context*K + 24,) -> (K,)."""
         (w1, b1), (w2, b2), (w3, b3) = self.melody
-        return torch.relu(torch.relu(latent @ w1 + b1) @ w2 + b2) @ w3 + b3
+        out = torch.relu(torch.relu(inputs @ w1 + b1) @ w2 + b2) @ w3 + b3
+        return out if self.melody_latest is None else out + inputs[self.melody_latest]
 
-    def next_band(self, next_piano: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
-        """The four ConditionalNNs at once: (K,), (4, K) -> (4, K)."""
+    def next_band(self, next_piano: torch.Tensor, previous: torch.Tensor,
+                  features: torch.Tensor | None = None) -> torch.Tensor:
+        """The four ConditionalNNs at once: (K,), (4, K)[, (24,)] -> (4, K)."""
         (w1, b1), (w2, b2) = self.conditional
-        x = torch.cat([next_piano.expand(len(BAND), -1), previous], dim=1).unsqueeze(1)  # (4, 1, 2K)
+        parts = [next_piano.expand(len(BAND), -1), previous]
+        if features is not None:
+            parts.append(features.expand(len(BAND), -1))
+        x = torch.cat(parts, dim=1).unsqueeze(1)  # (4, 1, 2K[+24])
         return (torch.relu(torch.bmm(x, w1) + b1).bmm(w2) + b2).squeeze(1)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,15 @@ class BandConfig:
     # Pixel likelihood of the VAEs: "gaussian" (velocity/127, learned scalar variance: the
     # article's code copies) or "bernoulli" (note on/off; velocity then follows the pianist).
     likelihood: str = "gaussian"
+    # "article": MelodyNN sees the last piano latent, ConditionalNNs [next piano, previous] (the
+    # paper). "context": MelodyNN sees the last `context` piano latents and the piano's chroma and
+    # predicts a change from the last latent; ConditionalNNs also get the chroma, so harmony does
+    # not have to pass through a 16-number latent (issue 6).
+    arch: str = "article"
+    context: int = 4  # piano bars MelodyNN sees ("context" only)
+    # What the engine uses as the next piano latent: "network" (MelodyNN), or, when training found
+    # MelodyNN no better on validation, "current" (the last latent) or "mean" (the mean latent)
+    melody_source: str = "network"
 
     def __post_init__(self) -> None:
         if self.latent not in (8, 16, 32, 64):
@@ -34,13 +43,28 @@ class BandConfig:
             raise ValueError(f"likelihood must be gaussian or bernoulli, got {self.likelihood!r}")
         if self.hidden < 1 or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"bad hidden={self.hidden} or dropout={self.dropout}")
+        if self.arch not in ("article", "context"):
+            raise ValueError(f"arch must be article or context, got {self.arch!r}")
+        if not 1 <= self.context <= 16:
+            raise ValueError(f"context must be 1-16 bars, got {self.context}")
+        if self.melody_source not in ("network", "current", "mean"):
+            raise ValueError(f"melody_source must be network, current or mean, got {self.melody_source!r}")
+
+    @property
+    def melody_inputs(self) -> int:
+        return self.latent if self.arch == "article" else self.context * self.latent + N_FEATURES
+
+    @property
+    def conditional_inputs(self) -> int:
+        return 2 * self.latent if self.arch == "article" else 2 * self.latent + N_FEATURES
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict) -> "BandConfig":
-        known = {k: values[k] for k in ("latent", "channels", "hidden", "dropout", "likelihood") if k in values}
+        keys = ("latent", "channels", "hidden", "dropout", "likelihood", "arch", "context", "melody_source")
+        known = {k: values[k] for k in keys if k in values}
         if "channels" in known:
             known["channels"] = tuple(known["channels"])
         return cls(**known)
@@ -121,31 +145,54 @@ class InstrumentVAE(nn.Module):
         return (nll + self.kl(mean, log_sigma)).mean()
 
 
+N_FEATURES = 24  # the piano's chroma over its last bar (12) and its last beat (12)
+STEPS_PER_BEAT = STEPS_PER_BAR // 4
+
+
+def piano_features(bars: torch.Tensor) -> torch.Tensor:
+    """(B, 32, 128) piano bars -> (B, 24): pitch-class weight over the bar and over its last beat,
+    each scaled to a maximum of 1 (0 for silence). What the pianist's harmony is, explicitly."""
+    pitch_class = torch.arange(N_PITCHES, device=bars.device) % 12
+    to_chroma = torch.zeros(N_PITCHES, 12, device=bars.device, dtype=bars.dtype)
+    to_chroma[torch.arange(N_PITCHES, device=bars.device), pitch_class] = 1.0
+    on = (bars > 0).to(bars.dtype)
+    parts = [on.sum(1) @ to_chroma, on[:, -STEPS_PER_BEAT:].sum(1) @ to_chroma]  # (B, 12) each
+    return torch.cat([p / p.amax(1, keepdim=True).clamp(min=1.0) for p in parts], dim=1)
+
+
 class MelodyNN(nn.Module):
-    """Piano latent of bar t -> piano latent of bar t+1."""
+    """Piano latent of bar t -> piano latent of bar t+1 (article); with arch "context", the last
+    `context` latents and the chroma features -> a change from the last latent (so an untrained
+    net starts at the "current latent" baseline instead of below it)."""
 
     def __init__(self, config: BandConfig) -> None:
         super().__init__()
         k, h = config.latent, config.hidden
+        self.residual = config.arch == "context"
+        self.latest = slice((config.context - 1) * k, config.context * k)  # the last latent in the input
         self.net = nn.Sequential(
-            nn.Linear(k, h), nn.ReLU(), nn.Dropout(config.dropout),
+            nn.Linear(config.melody_inputs, h), nn.ReLU(), nn.Dropout(config.dropout),
             nn.Linear(h, h), nn.ReLU(), nn.Linear(h, k),
         )
 
-    def forward(self, piano_latent: torch.Tensor) -> torch.Tensor:
-        return self.net(piano_latent)
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """article: (B, K); context: (B, context * K + 24) = [oldest .. latest latent, features]."""
+        out = self.net(inputs)
+        return out + inputs[..., self.latest] if self.residual else out
 
 
 class ConditionalNN(nn.Module):
-    """[next piano latent, the instrument's previous latent] -> the instrument's next latent."""
+    """[next piano latent, the instrument's previous latent (, piano features)] -> its next latent."""
 
     def __init__(self, config: BandConfig) -> None:
         super().__init__()
         k, h = config.latent, config.hidden
-        self.net = nn.Sequential(nn.Linear(2 * k, h), nn.ReLU(), nn.Linear(h, k))
+        self.net = nn.Sequential(nn.Linear(config.conditional_inputs, h), nn.ReLU(), nn.Linear(h, k))
 
-    def forward(self, next_piano: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([next_piano, previous], dim=-1))
+    def forward(self, next_piano: torch.Tensor, previous: torch.Tensor,
+                features: torch.Tensor | None = None) -> torch.Tensor:
+        parts = [next_piano, previous] + ([features] if features is not None else [])
+        return self.net(torch.cat(parts, dim=-1))
 
 
 class BandModel(nn.Module):

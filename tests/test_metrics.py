@@ -10,7 +10,10 @@ from hypothesis import strategies as st
 
 from models.bars import INSTRUMENTS, roll_to_notes
 from training.metrics import (
+    DRUM_METRICS,
     HARMONY_METRICS,
+    band_report,
+    note_difference,
     TD_PAIRS,
     chord_tone_rate,
     copy_rate,
@@ -406,3 +409,37 @@ def test_mean_harmony_report_weighs_songs_equally_and_skips_nan() -> None:
 def test_harmony_metrics_wrong_shapes_name_the_argument(call, name: str) -> None:
     with pytest.raises(ValueError, match=f"^{name}:"):
         call()
+
+
+def test_band_report_adds_empty_bars_and_the_drums_to_harmony_report() -> None:
+    song = i_vi_iv_v_song(4)
+    song[1, 3] = 0.0  # the strings rest in one bar of four
+    report = band_report(song)
+    assert set(report) == {"guitar", "bass", "strings", "drums"}
+    assert tuple(report["drums"]) == DRUM_METRICS
+    harmony = harmony_report(song)
+    for part in ("guitar", "bass", "strings"):
+        assert {k: v for k, v in report[part].items() if k != "empty_bars"} == harmony[part]
+    assert (report["guitar"]["empty_bars"], report["strings"]["empty_bars"]) == (0.0, 0.25)
+    assert report["drums"] == {"empty_bars": 0.0, "drum_pattern": 1.0}  # every hit on the 8th grid
+    song[:, 4] = 0.0
+    assert band_report(song)["drums"]["empty_bars"] == 1.0
+    assert math.isnan(band_report(song)["drums"]["drum_pattern"])
+
+
+def test_note_difference_is_the_share_of_band_notes_in_one_render_only() -> None:
+    song = i_vi_iv_v_song(1)  # band notes: guitar 12, bass 8, strings 2, drums 12
+    assert note_difference(song, song.copy()) == 0.0
+    other = song.copy()
+    other[:, 0] = 0.0  # the piano is not the band's
+    assert note_difference(song, other) == 0.0
+    root = PROGRESSION[0][0] - 24
+    other[0, 2, 0:3, root] = 0.0
+    other[0, 2, 0:3, root + 2] = 0.8  # one bass note moved: 1 gone, 1 new, 35 in either
+    assert note_difference(song, other) == pytest.approx(2 / 35)
+    assert note_difference(other, song) == pytest.approx(2 / 35)
+    silent = np.zeros_like(song)
+    assert note_difference(song, silent) == 1.0
+    assert note_difference(silent, silent) == 0.0
+    with pytest.raises(ValueError, match="^bars_b:"):
+        note_difference(song, i_vi_iv_v_song(2))

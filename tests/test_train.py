@@ -104,3 +104,60 @@ def test_calibrated_thresholds_reproduce_the_data_density(corpus_dir, tmp_path):
     played = float((bass > thresholds[2]).sum()) / len(pairs)
     real = float((corpus.bars[pairs[:, 1], 2] > 0).sum()) / len(pairs)
     assert 0.5 * real < played < 2 * real  # noise-free here, calibrated with noise: near, not equal
+
+
+def test_context_arch_trains_reports_its_baselines_and_plays(corpus_dir, tmp_path):
+    """arch "context" (issue 6): MelodyNN sees 4 bars + chroma and is measured against the
+    current-latent and mean-latent baselines; the engine keeps whichever was best on validation."""
+    from models.engine import BandEngine
+
+    report = train(config(corpus_dir, tmp_path, model=replace(TINY, arch="context").to_dict()))
+    choice = report["melody_choice"]
+    scores = choice["validation_mse"]
+    assert set(scores) == {"network", "current", "mean"}
+    assert choice["source"] == min(scores, key=scores.get)
+    model = load_band_model(tmp_path)
+    assert model.config.arch == "context" and model.config.melody_source == choice["source"]
+    engine = BandEngine(model)
+    song = band_song(4)
+    outs = [engine.step(song[t, 0]) for t in range(3)]
+    assert all(out.shape == (5, 32, 128) for out in outs)
+    model.config = replace(model.config, melody_source="network")  # the network path, whatever won
+    engine = BandEngine(model)
+    assert all(engine.step(song[t, 0]).shape == (5, 32, 128) for t in range(3))
+    assert engine.history is not None and engine.history.shape == (4, TINY.latent)
+
+
+def test_context_arch_resumes_exactly_after_the_melody_stage(corpus_dir, tmp_path, monkeypatch):
+    """The melody source chosen after stage 2 survives a kill in stage 3."""
+    cfg = dict(vae_epochs=2, nn_epochs=2, model=replace(TINY, arch="context").to_dict())
+    straight = tmp_path / "straight"
+    train(config(corpus_dir, straight, **cfg))
+    resumed = tmp_path / "resumed"
+    saves = []
+    real_save = training.train.save_state
+
+    def save_then_die(*args):  # killed after stage 3's first epoch (checkpoints 2 + 2 + 1)
+        real_save(*args)
+        saves.append(1)
+        if len(saves) == 5:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training.train, "save_state", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(corpus_dir, resumed, **cfg))
+    monkeypatch.setattr(training.train, "save_state", real_save)
+    train(config(corpus_dir, resumed, **cfg))
+    a, b = load_band_model(straight), load_band_model(resumed)
+    assert a.config == b.config
+    for name, tensor in a.state_dict().items():
+        torch.testing.assert_close(tensor, b.state_dict()[name], msg=name)
+
+
+def test_history_rows_pad_each_song_with_its_first_bar() -> None:
+    from training.corpus import Corpus
+    from training.train import history_rows
+
+    corpus = Corpus(np.zeros((7, 5, 32, 128), np.uint8), np.array([0, 3, 7]), ["a", "b"])
+    rows = history_rows(corpus, 3)
+    assert rows.tolist() == [[0, 0, 0, 1], [0, 0, 1, 2], [3, 3, 3, 4], [3, 3, 4, 5], [3, 4, 5, 6]]

@@ -1,19 +1,26 @@
-"""`vaejam eval`: how good is a model, in numbers a musician and an ML engineer both read.
+"""`vaejam eval`: the musical report of a model, in numbers a musician and an ML engineer both read.
 
-- reconstruction F1 per instrument on held-out bars (VAE quality, threshold 0.2);
-- objective metrics (MuseGAN's EB/UPC/QN/DP/TD, see training.metrics) of the band that
-  `BandEngine.step` plays over held-out piano parts, next to the real parts, the real parts one
-  bar late (what a band that answers one bar late without predicting would play) and a
-  shuffled-bars baseline;
-- variation: how much two seeds and two noise_sd settings change the band;
-- engine time per bar.
+    vaejam eval --data DIR [--songs N] [--bars B] [--out REPORT.md]
+
+Over the first B bars of N held-out songs, each band below plays the song's piano part; the
+report (Markdown, plus REPORT.json and PNG plots beside it) holds:
+- per band part (guitar, bass, strings): TD to the piano per beat and per bar, chord-tone rate,
+  pitch classes per bar, empty bars, polyphony, copy rate; drums: empty bars and DP
+  (training.metrics.band_report), for every system in `SYSTEMS`;
+- variation: the share of band notes (and cells) that change between seeds 0 and 1, and the cells
+  that change against noise_sd 0 as noise_sd grows (`NOISE_LEVELS`), with a plot;
+- piano-roll pictures of the first song under each system;
+- engine time per bar, and the chord fit's;
+- reconstruction F1 per instrument on every held-out bar (VAE quality), and the MuseGAN metrics.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -23,15 +30,67 @@ from models.bars import INSTRUMENTS
 from models.checkpoint import load_band_model
 from models.controls import Controls
 from models.engine import BandEngine
-from models.files import atomic_write_text, check_output_file
+from models.files import atomic_write, atomic_write_text, check_output_file
 from models.networks import BandModel
-from models.render import play_bars
+from models.render import play_bars, plot_bars
+from training.baselines_rule import one_bar_late, rule_alone
 from training.corpus import Corpus, load_corpus
 from training.metrics import (
-    format_metrics_table, reconstruction_f1, shuffled_bars, song_metrics, transpose_metrics,
+    DRUM_METRICS, HARMONY_PARTS, band_report, format_metrics_table, mean_harmony_report,
+    note_difference, reconstruction_f1, shuffled_bars, song_metrics, transpose_metrics,
 )
 
+__all__ = ["SYSTEMS", "evaluate", "one_bar_late", "cell_difference", "report_markdown"]
+
 F1_THRESHOLD = 0.2
+NOISE_LEVELS = (0.0, 0.5, 1.0, 1.5, 2.0)  # noise_sd of the variation curve, against the first
+VARIATION_HARMONY = (2, 0)  # harmony settings whose variation is measured: the default, the raw model
+PICTURE_BARS = 16  # bars of the example song drawn per system: enough to read, small enough to see
+
+
+class System(NamedTuple):
+    key: str  # JSON key and picture file name
+    label: str  # row name in the tables
+    about: str  # what it is, for the report
+
+
+SYSTEMS: tuple[System, ...] = (
+    System("real", "real parts", "the song's own guitar, bass, strings and drums"),
+    System("late", "real parts one bar late",
+           "the real parts, each bar played one bar later: the best a band answering one bar late "
+           "without predicting could do"),
+    System("shuffled", "shuffled bars",
+           "each real band part's bars in a random order (seed 0), the piano kept: what unrelated scores"),
+    System("rule", "causal rule alone",
+           "no network: the real parts one bar late, then fitted beat by beat to the chord the piano "
+           "has played so far (models.chords.fit_bar, the rule harmony 2 applies to the networks' "
+           "notes); rhythm and register from bar t, pitches from the piano heard before each beat"),
+    System("harmony0", "article's path (harmony 0)",
+           "the raw VAE-NN model as the article describes it: piano VAE, noise, MelodyNN, "
+           "ConditionalNNs, decoders, binarised (engine defaults: noise_sd 0.7, seed 0)"),
+    System("harmony1", "key lock (harmony 1)",
+           "the raw model with out-of-key notes moved a semitone into the piano's key"),
+    System("harmony2", "chord follow (harmony 2, default)",
+           "key lock, then each beat fitted to the chord the piano has played so far, as live"),
+)
+HARMONY_OF = {"harmony0": 0, "harmony1": 1, "harmony2": 2}  # system key -> the `harmony` control
+PART_METRICS = (  # band_report's metrics of guitar, bass and strings, in column order
+    "tonal_distance_per_beat", "tonal_distance_per_bar", "chord_tone_rate", "pitch_classes_per_bar",
+    "empty_bars", "polyphony", "copy_rate",
+)
+METRIC_NAMES = {  # column headers
+    "tonal_distance_per_beat": "TD per beat", "tonal_distance_per_bar": "TD per bar",
+    "chord_tone_rate": "chord-tone rate", "pitch_classes_per_bar": "pitch classes / bar",
+    "empty_bars": "empty bars", "polyphony": "polyphony", "copy_rate": "copy rate",
+    "drum_pattern": "DP (8th grid)",
+}
+
+
+@dataclass
+class Evaluation:
+    result: dict  # everything the report shows, JSON-ready
+    example: str  # name of the song drawn in the pictures
+    example_bars: dict[str, np.ndarray]  # system key -> that song under the system (n, 5, 32, 128)
 
 
 @torch.inference_mode()
@@ -53,51 +112,108 @@ def reconstruction_scores(model: BandModel, corpus: Corpus, batch: int = 256) ->
     return scores
 
 
-def play_song(engine: BandEngine, bars: np.ndarray) -> tuple[np.ndarray, list[float]]:
-    """The band over a song's piano part, as live: bar t+1 from piano bar t (bar 0 is silent)."""
+def play_song(engine: BandEngine, bars: np.ndarray, controls: Controls) -> tuple[np.ndarray, list[float]]:
+    """The band over a song's piano part under `controls`, as live, from a fresh start."""
+    engine.set_controls(controls)
     engine.reset()
     return play_bars(engine, bars)
 
 
-def evaluate(model: BandModel, corpus: Corpus, songs: int, seed: int = 0) -> dict:
-    played, unlocked, real, shuffled, late, times, differences = [], [], [], [], [], [], {}
-    rng = np.random.default_rng(seed)
+class SongRun(NamedTuple):
+    systems: dict[str, np.ndarray]  # system key -> (n, 5, 32, 128)
+    variation: dict  # see song_variation
+    step_ms: list[float]  # engine time of every bar rendered
+    fit_ms: list[float]  # the rule's chord fit per bar
+
+
+def run_song(engine: BandEngine, bars: np.ndarray, rng: np.random.Generator) -> SongRun:
+    """Every system in SYSTEMS over one song, and the variation renders."""
+    step_ms: list[float] = []
+
+    def render(**controls) -> np.ndarray:
+        out, ms = play_song(engine, bars, Controls(**controls))
+        step_ms.extend(ms)
+        return out
+
+    rule, fit_ms = rule_alone(bars)
+    systems = {"real": bars, "late": one_bar_late(bars), "shuffled": shuffled_bars(bars, rng), "rule": rule}
+    systems.update({key: render(harmony=h) for key, h in HARMONY_OF.items()})
+    variation = song_variation(systems, render)
+    return SongRun(systems, variation, step_ms, fit_ms)
+
+
+def song_variation(systems: dict[str, np.ndarray], render) -> dict:
+    """{"seeds": {harmony: {"notes", "cells"}}, "noise": {harmony: [cells per NOISE_LEVELS]}}:
+    seed 0 against seed 1 at the default noise_sd, and each noise_sd against the first (seed 0)."""
+    seeds, noise = {}, {}
+    for harmony in VARIATION_HARMONY:
+        first, second = systems[f"harmony{harmony}"], render(harmony=harmony, seed=1)
+        seeds[str(harmony)] = {"notes": note_difference(first, second), "cells": cell_difference(first, second)}
+        curve = [render(harmony=harmony, noise_sd=level) for level in NOISE_LEVELS]
+        noise[str(harmony)] = [cell_difference(curve[0], out) for out in curve]
+    return {"seeds": seeds, "noise": noise}
+
+
+def evaluate(model: BandModel, corpus: Corpus, songs: int, max_bars: int = 64, seed: int = 0) -> Evaluation:
+    """The musical report's numbers over the first `max_bars` bars of the first `songs` songs."""
+    if songs < 1 or max_bars < 2:
+        raise ValueError(f"songs must be >= 1 and max_bars >= 2, got {songs} and {max_bars}")
+    engine, rng = BandEngine(model), np.random.default_rng(seed)
+    reports: dict[str, list] = {s.key: [] for s in SYSTEMS}
+    musegan: dict[str, list] = {s.key: [] for s in SYSTEMS}
+    variations, step_ms, fit_ms, example, example_start = [], [], [], {}, 0
     picked = range(min(songs, corpus.n_songs))
-    variants = {"seed 0": Controls(seed=0), "seed 1": Controls(seed=1), "key lock off": Controls(harmony=0),
-                "key lock only": Controls(harmony=1),
-                "noise 0.3": Controls(noise_sd=0.3), "noise 1.0": Controls(noise_sd=1.0)}
     for index in tqdm(picked, desc="evaluate", unit="song"):
-        bars = corpus.float_bars(slice(corpus.song_starts[index], corpus.song_starts[index + 1]))
-        outs = {}
-        for name, controls in variants.items():
-            outs[name], step_ms = play_song(BandEngine(model, controls=controls), bars)
-            times += step_ms
-        played.append(outs["seed 0"])
-        unlocked.append(outs["key lock off"])
-        real.append(bars)
-        shuffled.append(shuffled_bars(bars, rng))
-        late.append(one_bar_late(bars))
-        for a, b in (("seed 0", "seed 1"), ("noise 0.3", "noise 1.0")):
-            differences.setdefault(f"{a} vs {b}", []).append(cell_difference(outs[a], outs[b]))
-    systems = {"held-out data": mean_metrics(real), "vaejam": mean_metrics(played),
-               "vaejam, raw model (harmony 0)": mean_metrics(unlocked),
-               "real parts one bar late": mean_metrics(late), "shuffled bars": mean_metrics(shuffled)}
-    return {
-        "songs": len(picked),
+        first = int(corpus.song_starts[index])
+        bars = corpus.float_bars(slice(first, min(int(corpus.song_starts[index + 1]), first + max_bars)))
+        run = run_song(engine, bars, rng)
+        for key, song in run.systems.items():
+            reports[key].append(band_report(song[1:]))  # bar 0 is the live band's silent count-in
+            musegan[key].append(song_metrics(song[1:]))
+        variations.append(run.variation)
+        step_ms += run.step_ms
+        fit_ms += run.fit_ms
+        if not example:
+            example_start = picture_start(bars)
+            example = {key: song[example_start:example_start + PICTURE_BARS] for key, song in run.systems.items()}
+    result = {
+        "songs": len(picked), "max_bars": max_bars,
+        "systems": {s.key: {"label": s.label, "about": s.about} for s in SYSTEMS},
+        "parts": {key: mean_harmony_report(r) for key, r in reports.items()},
+        "variation": mean_variation(variations),
+        "step_ms": percentiles(step_ms), "fit_ms": percentiles(fit_ms),
         "reconstruction_f1": reconstruction_scores(model, corpus),
-        "metrics": transpose_metrics(systems),
-        "variation": {k: float(np.mean(v)) for k, v in differences.items()},
-        "step_ms": {"p50": float(np.percentile(times, 50)), "p99": float(np.percentile(times, 99))},
+        "metrics": transpose_metrics({s.label: mean_metrics(musegan[s.key]) for s in SYSTEMS}),
+        "example": {"song": corpus.names[0], "first_bar": example_start},
     }
+    return Evaluation(result, corpus.names[0], example)
 
 
-def one_bar_late(bars: np.ndarray) -> np.ndarray:
-    """The real band parts shifted one bar later: the best a band that answers one bar late
-    without predicting could do, the fair bar for TD against the piano."""
-    late = np.zeros_like(bars)
-    late[:, 0] = bars[:, 0]
-    late[1:, 1:] = bars[:-1, 1:]
-    return late
+def picture_start(bars: np.ndarray) -> int:
+    """The bar the pictures start at: one before the piano's first note, so the band's answer shows."""
+    played = np.flatnonzero(bars[:, 0].any(axis=(1, 2)))
+    return max(0, int(played[0]) - 1) if len(played) else 0
+
+
+def mean_variation(songs: list[dict]) -> dict:
+    """Song-by-song variation averaged over songs, each song weighing the same."""
+    first = songs[0]
+    seeds = {h: {k: float(np.mean([s["seeds"][h][k] for s in songs])) for k in v} for h, v in first["seeds"].items()}
+    noise = {h: [float(x) for x in np.mean([s["noise"][h] for s in songs], axis=0)] for h in first["noise"]}
+    return {"seeds": seeds, "noise": noise, "noise_levels": list(NOISE_LEVELS)}
+
+
+def percentiles(ms: list[float]) -> dict[str, float]:
+    return {"p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99)), "bars": len(ms)}
+
+
+def json_ready(value):
+    """The result with NaN (nothing to measure) as null, so the .json is strict JSON."""
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_ready(v) for v in value]
+    return None if isinstance(value, float) and value != value else value
 
 
 def cell_difference(a: np.ndarray, b: np.ndarray) -> float:
@@ -107,52 +223,207 @@ def cell_difference(a: np.ndarray, b: np.ndarray) -> float:
     return float((on_a ^ on_b).sum() / union) if union else 0.0
 
 
-def mean_metrics(songs: list[np.ndarray]) -> dict[str, float]:
-    rows = [song_metrics(bars) for bars in songs]
-    return {k: float(np.nanmean([r[k] for r in rows])) for k in rows[0]}
+def mean_metrics(songs: list[dict[str, float]]) -> dict[str, float]:
+    """song_metrics averaged over songs; NaN-only metrics stay NaN without a warning."""
+    out = {}
+    for k in songs[0]:
+        values = np.array([s[k] for s in songs], np.float64)
+        values = values[~np.isnan(values)]
+        out[k] = float(values.mean()) if len(values) else float("nan")
+    return out
 
 
-def report_markdown(result: dict, model_dir: str, data: str, split: str) -> str:
-    f1 = "; ".join(f"at threshold {t}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items())
-                   for t, row in result["reconstruction_f1"].items())
-    variation = "; ".join(f"{k}: {v:.2f}" for k, v in result["variation"].items())
-    return "\n".join([
-        f"# vaejam evaluation: model `{model_dir}`, corpus `{data}` ({split}, {result['songs']} songs)",
+# ---- the report: tables, plots and pictures ----
+
+def _number(value: float) -> str:
+    return "n/a" if value != value else f"{value:.2f}"  # NaN is the only value unequal to itself
+
+
+def parts_table(parts: dict[str, dict], instrument: str) -> str:
+    """One instrument's Markdown table: a row per system, a column per metric."""
+    metrics = DRUM_METRICS if instrument == "drums" else PART_METRICS
+    lines = ["| system | " + " | ".join(METRIC_NAMES[m] for m in metrics) + " |",
+             "|---|" + "---:|" * len(metrics)]
+    for system in SYSTEMS:
+        row = parts[system.key][instrument]
+        lines.append(f"| {system.label} | " + " | ".join(_number(row[m]) for m in metrics) + " |")
+    return "\n".join(lines)
+
+
+
+def variation_table(variation: dict) -> str:
+    levels = variation["noise_levels"]
+    lines = ["| harmony | notes changed, seed 0 vs 1 | cells changed, seed 0 vs 1 | "
+             + " | ".join(f"cells vs noise_sd 0 at {level:g}" for level in levels) + " |",
+             "|---|---:|---:|" + "---:|" * len(levels)]
+    for harmony, seeds in variation["seeds"].items():
+        curve = " | ".join(_number(x) for x in variation["noise"][harmony])
+        lines.append(f"| {harmony} | {_number(seeds['notes'])} | {_number(seeds['cells'])} | {curve} |")
+    return "\n".join(lines)
+
+
+def plot_variation(variation: dict, path: str | Path) -> None:
+    """Cells changed against noise_sd 0 (seed 0) as noise_sd grows, one line per harmony setting."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for harmony, curve in variation["noise"].items():
+        ax.plot(variation["noise_levels"], curve, "o-", label=f"harmony {harmony}")
+    ax.set_xlabel("noise_sd")
+    ax.set_ylabel("share of band cells changed\nagainst noise_sd 0")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100))
+    plt.close(fig)
+
+
+def picture_names(report: Path) -> dict[str, str]:
+    """system key -> the file name of its piano-roll picture, beside the report; plus "variation"."""
+    names = {s.key: f"{report.stem}-{s.key}.png" for s in SYSTEMS}
+    names["variation"] = f"{report.stem}-variation.png"
+    return names
+
+
+def write_pictures(evaluation: Evaluation, report: Path) -> dict[str, str]:
+    names = picture_names(report)
+    first = evaluation.result["example"]["first_bar"]
+    for system in SYSTEMS:
+        bars = evaluation.example_bars[system.key]
+        plot_bars(bars, report.with_name(names[system.key]),
+                  title=f"{evaluation.example}, song bars {first}-{first + len(bars) - 1}: {system.label}")
+    plot_variation(evaluation.result["variation"], report.with_name(names["variation"]))
+    return names
+
+
+def report_markdown(result: dict, model_dir: str, data: str, split: str,
+                    pictures: dict[str, str] | None = None) -> str:
+    """The whole report; `pictures` (picture_names) links the PNGs written beside it."""
+    lines = [
+        f"# vaejam evaluation: model `{model_dir}`, corpus `{data}`",
         "",
-        f"Reconstruction F1 of held-out bars, {f1}",
+        f"{split} split, {result['songs']} songs, the first {result['max_bars']} bars of each; "
+        f"every number is a mean over songs, each song weighing the same.",
         "",
-        f"Variation (fraction of active band cells that differ): {variation}",
+        "## The systems",
         "",
-        f"Engine time per bar: p50 {result['step_ms']['p50']:.2f} ms, p99 {result['step_ms']['p99']:.2f} ms",
+        *[f"- **{s.label}**: {s.about}." for s in SYSTEMS],
+        "",
+        *_parts_section(result),
+        *_variation_section(result, pictures),
+        *_pictures_section(result, pictures),
+        "## Time per bar",
+        "",
+        f"Engine step (BandEngine.step, every bar rendered): p50 {result['step_ms']['p50']:.2f} ms, "
+        f"p99 {result['step_ms']['p99']:.2f} ms over {result['step_ms']['bars']} bars. Chord fit of one bar "
+        f"(fit_bar, timed in the causal rule): p50 {result['fit_ms']['p50']:.2f} ms, "
+        f"p99 {result['fit_ms']['p99']:.2f} ms.",
+        "",
+        *_f1_section(result),
+        "## MuseGAN metrics",
+        "",
+        "EB empty bars, UPC pitch classes per bar, QN notes of 2+ steps, PCE pitch-class entropy, "
+        "DP drum onsets on the 8th grid, TD per beat (training.metrics), same bars as above.",
         "",
         format_metrics_table(result["metrics"]),
         "",
-    ])
+    ]
+    if "seconds" in result:
+        lines += [f"Evaluated in {result['seconds']} s.", ""]
+    return "\n".join(lines)
 
+
+def _parts_section(result: dict) -> list[str]:
+    lines = [
+        "## Harmony and texture, per instrument",
+        "",
+        "Bars 1 onwards of each song (bar 0 is the live band's silent count-in). TD: tonal distance "
+        "to the piano (lower is closer in harmony), per beat and with each bar's notes pooled; "
+        "chord-tone rate: share of note onsets whose pitch class the piano sounds in the same bar; "
+        "pitch classes / bar and polyphony (pitches at once) over bars and steps that sound; "
+        "copy rate: share of sounding cells the piano sounds too (1 = doubling the piano); "
+        "DP: drum onsets on the 8th-note grid. n/a: nothing to measure.",
+        "",
+    ]
+    for instrument in (*HARMONY_PARTS, "drums"):
+        lines += [f"### {instrument}", "", parts_table(result["parts"], instrument), ""]
+    return lines
+
+
+def _variation_section(result: dict, pictures: dict[str, str] | None) -> list[str]:
+    lines = [
+        "## Variation",
+        "",
+        "Notes changed: share of the band's notes (instrument, onset, pitch) in either render that the "
+        "other lacks; cells changed: the same over active cells (training.evaluate.cell_difference). "
+        "Seeds 0 and 1 at the default noise_sd 0.7; the noise columns compare seed 0 at each noise_sd "
+        "with seed 0 at noise_sd 0.",
+        "",
+        variation_table(result["variation"]),
+        "",
+    ]
+    if pictures:
+        lines += [f"![variation against noise_sd]({pictures['variation']})", ""]
+    return lines
+
+
+def _pictures_section(result: dict, pictures: dict[str, str] | None) -> list[str]:
+    if not pictures:
+        return []
+    lines = ["## Piano rolls", "",
+             f"`{result['example']['song']}`, {PICTURE_BARS} bars (or fewer) from bar "
+             f"{result['example']['first_bar']} (the bar before the piano's first note), under each system, "
+             "all five parts:", ""]
+    lines += [f"- [{s.label}]({pictures[s.key]})" for s in SYSTEMS]
+    return lines + [""]
+
+
+def _f1_section(result: dict) -> list[str]:
+    lines = ["## Reconstruction F1", "",
+             "Cell F1 of decode(encode_mean(bar)) against the bar, every bar of the split:", "",
+             "| threshold | " + " | ".join(INSTRUMENTS) + " |", "|---|" + "---:|" * len(INSTRUMENTS)]
+    for threshold, row in result["reconstruction_f1"].items():
+        lines.append(f"| {threshold} | " + " | ".join(f"{row[name]:.3f}" for name in INSTRUMENTS) + " |")
+    return lines + [""]
+
+
+# ---- the command ----
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("eval", help="reconstruction F1, objective metrics and variation of a model")
+    parser = subparsers.add_parser("eval", help="the musical report: harmony, variation, pictures, F1 of a model")
     parser.add_argument("--data", required=True, help="corpus directory")
     parser.add_argument("--split", default="valid", choices=("train", "valid"), help="which part of the corpus")
     parser.add_argument("--model", default=None, help="model directory (default: the shipped model)")
     parser.add_argument("--songs", type=int, default=20, help="songs to play the band over")
-    parser.add_argument("--out", default=None, help="write the Markdown report here (and a .json beside it)")
+    parser.add_argument("--bars", type=int, default=64, help="first bars of each song to play (at least 2)")
+    parser.add_argument("--out", default=None,
+                        help="write the Markdown report here, with a .json and PNG plots beside it")
     parser.set_defaults(func=_eval_command)
 
 
 def _eval_command(args: argparse.Namespace) -> int:
     if args.songs < 1:
         raise ValueError("--songs must be >= 1")
+    if args.bars < 2:
+        raise ValueError("--bars must be >= 2: the band answers one bar late")
     if args.out:  # before minutes of work, not after
         check_output_file(args.out, "--out", (".md",))
+    from bridge.daemon import TORCH_THREADS
+
+    torch.set_num_threads(TORCH_THREADS)  # time per bar as live: one intra-op thread, as the daemon runs
     model = load_band_model(args.model)
     corpus = load_corpus(args.data, args.split)
     started = time.perf_counter()
-    result = evaluate(model, corpus, args.songs)
-    result["seconds"] = round(time.perf_counter() - started, 1)
-    text = report_markdown(result, args.model or "default", args.data, args.split)
+    evaluation = evaluate(model, corpus, args.songs, args.bars)
+    pictures = write_pictures(evaluation, Path(args.out)) if args.out else None
+    evaluation.result["seconds"] = round(time.perf_counter() - started, 1)
+    text = report_markdown(evaluation.result, args.model or "default", args.data, args.split, pictures)
     print(text)
     if args.out:
+        json_text = json.dumps(json_ready(evaluation.result), indent=1, allow_nan=False)
+        atomic_write_text(Path(args.out).with_suffix(".json"), json_text)
         atomic_write_text(args.out, text)
-        atomic_write_text(Path(args.out).with_suffix(".json"), json.dumps(result, indent=1))
     return 0

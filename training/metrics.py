@@ -404,7 +404,46 @@ def format_metrics_table(rows: Mapping[str, Mapping[str, float]]) -> str:
     return "\n".join(lines)
 
 
+DRUM_METRICS: tuple[str, ...] = ("empty_bars", "drum_pattern")
+
+
+def band_report(bars: np.ndarray, threshold: float = 0.0) -> dict[str, dict[str, float]]:
+    """harmony_report plus each part's empty-bar rate, and {drums: {empty_bars, drum_pattern}} (DP).
+
+    One (n_bars, 5, 32, 128) song against its piano; average songs with mean_harmony_report.
+    """
+    song = _check_song(bars, "bars")
+    report = harmony_report(song, threshold)
+    for name in HARMONY_PARTS:
+        report[name]["empty_bars"] = empty_bar_rate(song[:, INSTRUMENTS.index(name)], threshold)
+    drums = song[:, INSTRUMENTS.index("drums")]
+    report["drums"] = {"empty_bars": empty_bar_rate(drums, threshold),
+                       "drum_pattern": drum_pattern_rate(drums, threshold)}
+    return report
+
+
+def note_difference(bars_a: np.ndarray, bars_b: np.ndarray, threshold: float = 0.0) -> float:
+    """Share of the band's notes, in either of two renders of one song, that the other lacks.
+
+    A note is (instrument, onset step, pitch) of guitar, bass, strings or drums, onsets as the
+    other metrics see them (bars end to end); 0 for the same notes, 1 for none in common, 0 when
+    neither render has a note.
+    """
+    a = _check_song(bars_a, "bars_a")
+    b = _check_song(bars_b, "bars_b")
+    if a.shape != b.shape:
+        raise ValueError(f"bars_b: shape {b.shape} does not match bars_a's {a.shape}")
+    changed = union = 0
+    for i in range(1, len(INSTRUMENTS)):  # 0 is the piano the band follows
+        on_a = _onsets(_roll(a[:, i] > threshold))
+        on_b = _onsets(_roll(b[:, i] > threshold))
+        changed += np.count_nonzero(on_a ^ on_b)
+        union += np.count_nonzero(on_a | on_b)
+    return float(changed / union) if union else 0.0
+
+
 __all__ = [
+    "DRUM_METRICS", "band_report", "note_difference",
     "HARMONY_METRICS", "HARMONY_PARTS", "chord_tone_rate", "copy_rate", "harmony_report",
     "mean_harmony_report", "pitch_classes_per_bar", "polyphony", "tonal_distance_per_bar",
     "tonal_distance_per_beat",

@@ -13,7 +13,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from models.bars import BAND, INSTRUMENTS
 from models.checkpoint import check_state, save_band_model
-from models.networks import BandConfig, BandModel, count_parameters
+from models.networks import BandConfig, BandModel, count_parameters, piano_features
 from training.corpus import Corpus, load_corpus
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,7 @@ class TrainState:
     history: list = field(default_factory=list)  # one dict per finished epoch
     best: dict = field(default_factory=dict)  # stage -> [validation loss, epoch] of its best epoch
     seconds: float = 0.0  # training time so far, across resumes
+    melody_choice: dict = field(default_factory=dict)  # validation MSEs of MelodyNN and baselines, the source kept
 
 
 def first_bars(corpus: Corpus, n_bars: int) -> Corpus:
@@ -62,6 +63,17 @@ def first_bars(corpus: Corpus, n_bars: int) -> Corpus:
     n_songs = min(n_songs, corpus.n_songs)
     end = int(corpus.song_starts[n_songs])
     return Corpus(corpus.bars[:end], corpus.song_starts[: n_songs + 1], corpus.names[:n_songs])
+
+
+def load_corpora(data: str, split: str) -> Corpus:
+    """One corpus or several joined ("mma,human"): songs stay whole, so pairs never cross songs."""
+    parts = [load_corpus(directory.strip(), split) for directory in data.split(",") if directory.strip()]
+    if len(parts) == 1:
+        return parts[0]
+    offsets = np.cumsum([0] + [len(c.bars) for c in parts[:-1]])
+    starts = np.concatenate([c.song_starts[:-1] + o for c, o in zip(parts, offsets)] + [[sum(len(c.bars) for c in parts)]])
+    return Corpus(np.concatenate([c.bars for c in parts]), starts.astype(parts[0].song_starts.dtype),
+                  [name for c in parts for name in c.names])
 
 
 def pick_device(name: str) -> torch.device:
@@ -156,35 +168,119 @@ def encode_corpus(model: BandModel, corpus: Corpus, cfg: TrainConfig, device: to
     return torch.cat(means)
 
 
-def mlp_loss(model: BandModel, stage: str, latents: torch.Tensor, pairs: torch.Tensor) -> tuple[torch.Tensor, dict]:
-    """MSE to the next bar's latent means; per instrument for the conditional stage."""
-    now, nxt = latents[pairs[:, 0]], latents[pairs[:, 1]]  # (B, 5, K)
+@dataclass
+class MlpData:
+    """What the MLP stages read: every bar's latent means, the piano features, and rows of bar
+    indices [oldest .. current bar of the piano history, next bar] inside one song."""
+
+    latents: torch.Tensor  # (n, 5, K)
+    features: torch.Tensor  # (n, 24) piano chroma features (arch "context")
+    rows: np.ndarray  # (P, context + 1)
+
+
+@torch.inference_mode()
+def mlp_data(model: BandModel, corpus: Corpus, cfg: TrainConfig, device: torch.device,
+             latents: torch.Tensor) -> MlpData:
+    features = torch.cat([piano_features(to_tensor(corpus.bars[index], device)[:, 0])
+                          for index in batches(len(corpus.bars), 512, None)])
+    return MlpData(latents, features, history_rows(corpus, model.config.context if model.config.arch == "context" else 1))
+
+
+def history_rows(corpus: Corpus, context: int) -> np.ndarray:
+    """(P, context + 1): for each consecutive pair (t, t+1) of a song, the bars t-context+1 .. t,
+    padded at the song's start with its first bar (as the engine fills its history), then t+1."""
+    pairs = corpus.pairs()
+    song_first = corpus.song_starts[np.searchsorted(corpus.song_starts, pairs[:, 0], side="right") - 1]
+    back = np.arange(context - 1, -1, -1)  # oldest first
+    history = np.maximum(pairs[:, :1] - back[None, :], song_first[:, None])
+    return np.concatenate([history, pairs[:, 1:]], axis=1)
+
+
+def melody_inputs(model: BandModel, data: MlpData, rows: torch.Tensor, noise_sd: float = 0.0) -> torch.Tensor:
+    """MelodyNN's input for rows: the current latent (article) or the history and features, with
+    optional noise on the current latent (as the engine adds noise_sd)."""
+    now = rows[:, -2]
+    current = data.latents[now, 0]
+    if noise_sd:
+        current = current + noise_sd * torch.randn_like(current)
+    if model.config.arch == "article":
+        return current
+    history = data.latents[rows[:, :-2], 0].flatten(1)  # (B, (context - 1) * K)
+    return torch.cat([history, current, data.features[now]], dim=1)
+
+
+def predicted_next_piano(model: BandModel, data: MlpData, rows: torch.Tensor) -> torch.Tensor:
+    """What the engine will feed the ConditionalNNs: the next piano latent as predicted from a
+    noisy current latent (arch "context"), by the source training chose."""
+    with torch.no_grad():
+        model.melody.eval()
+        noisy = melody_inputs(model, data, rows, CALIBRATION_NOISE_SD)
+        source = model.config.melody_source
+        if source == "current":
+            return noisy[:, (model.config.context - 1) * model.config.latent:model.config.context * model.config.latent]
+        if source == "mean":
+            return model.initial_latents[0].expand(len(rows), -1) + CALIBRATION_NOISE_SD * torch.randn(
+                len(rows), model.config.latent, device=rows.device)
+        return model.melody(noisy)
+
+
+def mlp_loss(model: BandModel, stage: str, data: MlpData, rows: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """MSE to the next bar's latent means; per instrument for the conditional stage.
+    Article: ConditionalNNs learn from the true next piano latent, as the paper trains them;
+    "context": from MelodyNN's prediction (what they get when playing) and the piano features."""
+    now, nxt = rows[:, -2], rows[:, -1]
+    target = data.latents[nxt]  # (B, 5, K)
     if stage == "melody":
-        loss = F.mse_loss(model.melody(now[:, 0]), nxt[:, 0])
+        loss = F.mse_loss(model.melody(melody_inputs(model, data, rows)), target[:, 0])
         return loss, {"loss/melody": loss.item()}
+    if model.config.arch == "article":
+        next_piano, features = target[:, 0], None
+    else:
+        next_piano, features = predicted_next_piano(model, data, rows), data.features[now]
     parts = {}
     for i, name in enumerate(BAND, start=1):
-        parts[name] = F.mse_loss(model.conditionals[name](nxt[:, 0], now[:, i]), nxt[:, i])
+        parts[name] = F.mse_loss(model.conditionals[name](next_piano, data.latents[now, i], features), target[:, i])
     total = torch.stack(list(parts.values())).sum()
     return total, {f"loss/{k}": v.item() for k, v in parts.items()}
 
 
-def mlp_epoch(model: BandModel, stage: str, latents: torch.Tensor, pairs: np.ndarray,
-              opt: torch.optim.Optimizer | None, cfg: TrainConfig, rng: np.random.Generator | None) -> dict:
+def mlp_epoch(model: BandModel, stage: str, data: MlpData, opt: torch.optim.Optimizer | None,
+              cfg: TrainConfig, rng: np.random.Generator | None) -> dict:
     training = opt is not None
     model.train(training)
     sums: dict[str, float] = {}
-    pairs_t = torch.from_numpy(pairs).to(latents.device)
-    for index in batches(len(pairs), cfg.batch_size, rng):
+    rows_t = torch.from_numpy(data.rows).to(data.latents.device)
+    for index in batches(len(data.rows), cfg.batch_size, rng):
         with torch.set_grad_enabled(training):
-            loss, parts = mlp_loss(model, stage, latents, pairs_t[torch.from_numpy(index).to(latents.device)])
+            loss, parts = mlp_loss(model, stage, data, rows_t[torch.from_numpy(index).to(data.latents.device)])
         if training:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
         for k, v in parts.items():
             sums[k] = sums.get(k, 0.0) + v * len(index)
-    return {k: v / max(1, len(pairs)) for k, v in sums.items()}
+    return {k: v / max(1, len(data.rows)) for k, v in sums.items()}
+
+
+@torch.inference_mode()
+def melody_baselines(model: BandModel, data: MlpData, train_mean: torch.Tensor) -> dict[str, float]:
+    """Validation MSE of MelodyNN against its two baselines: the current latent, the mean latent."""
+    model.eval()
+    rows = torch.from_numpy(data.rows).to(data.latents.device)
+    target = data.latents[rows[:, -1], 0]
+    return {
+        "network": F.mse_loss(model.melody(melody_inputs(model, data, rows)), target).item(),
+        "current": F.mse_loss(data.latents[rows[:, -2], 0], target).item(),
+        "mean": F.mse_loss(train_mean.expand_as(target), target).item(),
+    }
+
+
+def choose_melody_source(model: BandModel, scores: dict[str, float]) -> str:
+    """Arch "context": MelodyNN must beat both baselines on validation, else the engine uses the
+    better baseline. The article's path stays exactly the article's."""
+    if model.config.arch == "article":
+        return "network"
+    return min(scores, key=scores.get)
 
 
 def stage_parameters(model: BandModel, stage: str) -> list[torch.nn.Parameter]:
@@ -206,15 +302,18 @@ def calibrate_thresholds(model: BandModel, corpus: Corpus, cfg: TrainConfig, dev
     model.eval()
     if latents is None:
         latents = encode_corpus(model, corpus, cfg, device)
-    pairs = corpus.pairs()
     rng = np.random.default_rng(cfg.seed)
-    if len(pairs) > CALIBRATION_PAIRS:
-        pairs = pairs[np.sort(rng.choice(len(pairs), CALIBRATION_PAIRS, replace=False))]
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    now = latents[torch.from_numpy(pairs[:, 0]).to(device)]  # (P, 5, K)
-    noise = torch.randn(now[:, 0].shape, generator=generator, device=device)
-    next_piano = model.melody(now[:, 0] + CALIBRATION_NOISE_SD * noise)
-    predicted = [next_piano] + [model.conditionals[n](next_piano, now[:, i]) for i, n in enumerate(BAND, 1)]
+    torch.manual_seed(cfg.seed)
+    data = mlp_data(model, corpus, cfg, device, latents)
+    rows = history_rows(corpus, model.config.context if model.config.arch == "context" else 1)
+    if len(rows) > CALIBRATION_PAIRS:
+        rows = rows[np.sort(rng.choice(len(rows), CALIBRATION_PAIRS, replace=False))]
+    pairs = rows[:, -2:]
+    rows_t = torch.from_numpy(rows).to(device)
+    now = latents[rows_t[:, -2]]  # (P, 5, K)
+    next_piano = predicted_next_piano(model, data, rows_t)
+    features = data.features[rows_t[:, -2]] if model.config.arch == "context" else None
+    predicted = [next_piano] + [model.conditionals[n](next_piano, now[:, i], features) for i, n in enumerate(BAND, 1)]
     predicted_t = torch.stack(predicted, dim=1)  # (P, 5, K)
     thresholds = torch.empty(len(INSTRUMENTS))
     for i in range(len(INSTRUMENTS)):
@@ -270,7 +369,7 @@ def train(cfg: TrainConfig) -> dict:
     if (out / STATE_DIR / "state.json").exists():
         state, moments, meta = load_state(out, model)
         log.info("resuming at stage %s, epoch %d", state.stage, state.epoch)
-    train_set, valid_set = load_corpus(cfg.data, "train"), load_corpus(cfg.data, "valid")
+    train_set, valid_set = load_corpora(cfg.data, "train"), load_corpora(cfg.data, "valid")
     if cfg.max_bars:
         train_set = first_bars(train_set, cfg.max_bars)
         valid_set = first_bars(valid_set, max(cfg.max_bars // 4, 8))
@@ -278,15 +377,26 @@ def train(cfg: TrainConfig) -> dict:
              len(train_set.bars), len(valid_set.bars), count_parameters(model), device)
     started = time.perf_counter() - state.seconds
     latents: dict[str, torch.Tensor] = {}  # latent means of every bar, once the VAEs are final
+    data: dict[str, MlpData] = {}
+    if state.melody_choice:  # resumed after the melody stage: the engine's source was chosen then
+        model.config = replace(model.config, melody_source=state.melody_choice["source"])
     for stage in STAGES[STAGES.index(state.stage):]:
         if stage != "vae" and not latents:
             latents = {s: encode_corpus(model, c, cfg, device) for s, c in (("train", train_set), ("valid", valid_set))}
-        run_stage(model, stage, train_set, valid_set, cfg, state, out, device, moments, meta, started, latents)
+            model.initial_latents.copy_(latents["train"].mean(0))  # the "mean latent" baseline too
+            data = {s: mlp_data(model, c, cfg, device, latents[s]) for s, c in (("train", train_set), ("valid", valid_set))}
+        run_stage(model, stage, train_set, valid_set, cfg, state, out, device, moments, meta, started, data)
         moments = meta = None  # only the stage we resumed into has saved moments
-    model.initial_latents.copy_(latents["train"].mean(0))
+        if stage == "melody":
+            scores = melody_baselines(model, data["valid"], model.initial_latents[0])
+            source = choose_melody_source(model, scores)
+            model.config = replace(model.config, melody_source=source)
+            state.melody_choice = {"validation_mse": scores, "source": source}
+            log.info("next piano latent, validation MSE: %s -> the engine uses %s", _fmt(scores), source)
     model.thresholds.copy_(calibrate_thresholds(model, train_set, cfg, device, latents["train"]))
     log.info("calibrated thresholds: %s", dict(zip(INSTRUMENTS, model.thresholds.tolist())))
     report = final_report(state, time.perf_counter() - started)
+    report["melody_choice"] = state.melody_choice
     report["thresholds"] = dict(zip(INSTRUMENTS, [round(t, 4) for t in model.thresholds.tolist()]))
     save_band_model(model, out, metadata={"train": asdict(cfg), "report": report})
     (out / "training_log.json").write_text(json.dumps({"report": report, "history": state.history}, indent=1))
@@ -296,15 +406,13 @@ def train(cfg: TrainConfig) -> dict:
 
 def run_stage(model: BandModel, stage: str, train_set: Corpus, valid_set: Corpus, cfg: TrainConfig,
               state: TrainState, out: Path, device: torch.device, moments, meta, started: float,
-              latents: dict[str, torch.Tensor]) -> None:
+              data: dict[str, MlpData]) -> None:
     opt = torch.optim.Adam(stage_parameters(model, stage), lr=cfg.lr)
     if state.stage == stage and moments is not None:
         restore_optimizer(opt, moments, meta["param_groups"])
     if state.stage != stage:
         state.stage, state.epoch = stage, 0
     epochs = cfg.vae_epochs if stage == "vae" else cfg.nn_epochs
-    if stage != "vae":
-        pairs = {"train": train_set.pairs(), "valid": valid_set.pairs()}
     progress = tqdm(range(state.epoch, epochs), desc=f"{stage}", unit="epoch", initial=state.epoch, total=epochs)
     for epoch in progress:
         rng = np.random.default_rng([cfg.seed, STAGES.index(stage), epoch])  # resumable shuffles
@@ -313,8 +421,8 @@ def run_stage(model: BandModel, stage: str, train_set: Corpus, valid_set: Corpus
             train_m = vae_epoch(model, train_set, opt, cfg, rng, device, f"vae {epoch + 1}/{epochs}")
             valid_m = vae_epoch(model, valid_set, None, cfg, None, device, "validate")
         else:
-            train_m = mlp_epoch(model, stage, latents["train"], pairs["train"], opt, cfg, rng)
-            valid_m = mlp_epoch(model, stage, latents["valid"], pairs["valid"], None, cfg, None)
+            train_m = mlp_epoch(model, stage, data["train"], opt, cfg, rng)
+            valid_m = mlp_epoch(model, stage, data["valid"], None, cfg, None)
         state.epoch = epoch + 1
         state.seconds = time.perf_counter() - started
         state.history.append({"stage": stage, "epoch": epoch + 1, "seconds": round(state.seconds, 1),
@@ -396,7 +504,8 @@ def plot_history(history: list[dict], path: Path) -> None:
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("train", help="train VAEs, MelodyNN and ConditionalNNs on a corpus")
-    parser.add_argument("--data", required=True, help="corpus directory (vaejam data synth|midi)")
+    parser.add_argument("--data", required=True,
+                        help="corpus directory (vaejam data synth|midi|human); several, comma-separated, are joined")
     parser.add_argument("--out", required=True, help="model directory to write")
     parser.add_argument("--device", default="auto", help="auto, cpu, or cuda[:N] with a CUDA build of torch")
     parser.add_argument("--seed", type=int, default=0, help="seed for initial weights and batch order")
@@ -409,6 +518,10 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--channels", default="64,128,256", help="VAE conv widths")
     parser.add_argument("--likelihood", default="gaussian", choices=("gaussian", "bernoulli"),
                         help="VAE pixel likelihood")
+    parser.add_argument("--arch", default="context", choices=("context", "article"),
+                        help="context: MelodyNN sees the last --context piano bars and the piano's chroma, "
+                             "ConditionalNNs learn from its predictions; article: the paper's exact path")
+    parser.add_argument("--context", type=int, default=4, help="piano bars MelodyNN sees (arch context)")
     parser.add_argument("--max-bars", type=int, default=None, help="use at most this many training bars")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/train_state")
     parser.add_argument("--threads", type=int, default=0,
@@ -429,7 +542,8 @@ def _train_command(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     channels = tuple(int(c) for c in args.channels.split(","))
-    model = BandConfig(latent=args.latent, channels=channels, likelihood=args.likelihood).to_dict()
+    model = BandConfig(latent=args.latent, channels=channels, likelihood=args.likelihood, arch=args.arch,
+                       context=args.context).to_dict()
     if args.resume:
         model = json.loads((out / STATE_DIR / "state.json").read_text())["train"]["model"]
     cfg = TrainConfig(data=args.data, out=args.out, device=args.device, seed=args.seed,
