@@ -1,7 +1,10 @@
 """`vaejam bench`: how fast and how tight the live band is, measured, as a Markdown report.
 
 - Inference: per-bar latency of what the worker does for a bar (BandEngine.step + note extraction)
-  on the CPU with the daemon's one torch thread, and on CUDA when present.
+  on the CPU with the daemon's one torch thread, and on CUDA when present: the engine through the
+  nn modules (the reference) beside its fused float32 and int8 paths, in one run so ratios hold on
+  a busy machine; the same job in a worker thread beside a busy Python thread (GIL switch interval);
+  and 1, 2, 4 concurrent bands in as many processes.
 - End to end: the real daemon (a subprocess, as a user starts it) follows `jack_midi_clock` at each
   tempo while a client plays piano chords; `jack_midi_dump` records the clock and the band on one
   JACK timeline, frame-accurate, so a band note-on's error is its frame minus the frame of the step
@@ -41,7 +44,12 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--bpm", default="120,200", help="tempos for the live runs, comma-separated (default: 120,200)")
     p.add_argument("--seconds", type=float, default=30.0, help="length of each live run (default: 30)")
     p.add_argument("--no-live", action="store_true", help="inference only (no JACK needed)")
+    p.add_argument("--bands", type=lambda text: [int(n) for n in text.split(",") if n.strip()], default=[1, 2, 4],
+                   metavar="N,N", help="concurrent bands (processes) to time, comma-separated (default: 1,2,4; '' for none)")
     p.add_argument("--write", metavar="FILE", help="append the report to FILE (e.g. BENCHMARKS.md)")
+    p.add_argument("--xruns", action="append", metavar="CHECKOUT",
+                   help="instead: count a private jackd's xruns while CHECKOUT's daemon (a source tree, e.g. "
+                   "from `git archive`; '.' for this one) follows jack_midi_clock at each --bpm (repeatable)")
     p.set_defaults(func=bench_command)
 
 
@@ -62,28 +70,116 @@ def summary(values: Sequence[float]) -> dict[str, float]:
             "max": float(data.max())}
 
 
-def inference_latency(model_dir: str | None, device: str, bars: int) -> dict[str, float]:
-    """Milliseconds per bar of the worker's job: engine.step + note extraction."""
-    import torch
+# Engine variants timed side by side, in interleaved blocks so the machine's load falls on all alike:
+# (label, BandEngine weights, decode the predicted piano). "modules" is the reference: nn modules.
+VARIANTS = (("nn modules", "modules", True), ("fused float32", "float32", True), ("fused int8", "int8", True),
+            ("fused int8, no piano", "int8", False))
+BLOCK = 50  # bars per variant before the next one takes over
 
-    from bridge.daemon import TORCH_THREADS
-    from bridge.session import roll_notes
+
+def _engine(model_dir: str | None, device: str, weights: str = "auto", decode_piano: bool = True):
     from models.checkpoint import load_band_model
     from models.engine import BandEngine
     from models.style import load_style_banks
 
-    torch.set_num_threads(TORCH_THREADS)
     model = load_band_model(model_dir)
-    engine = BandEngine(model, load_style_banks(model_dir, model), device)
+    engine = BandEngine(model, load_style_banks(model_dir, model), device, weights=weights, decode_piano=decode_piano)
     engine.warmup()
-    times = []
-    for bar in range(bars):
-        started = time.perf_counter()
-        out = engine.step(piano_pattern(bar))
-        for row in out:
-            roll_notes(row)
-        times.append((time.perf_counter() - started) * 1000)
+    return engine
+
+
+def worker_bar_ms(engine, bar: int) -> float:
+    """Milliseconds of the worker's job for one bar: engine.step + note extraction of the rows it plays."""
+    from bridge.session import roll_notes
+
+    started = time.perf_counter()
+    out = engine.step(piano_pattern(bar))
+    for row in out[0 if engine.decode_piano else 1:]:
+        roll_notes(row)
+    return (time.perf_counter() - started) * 1000
+
+
+def inference_latency(model_dir: str | None, device: str, bars: int) -> dict[str, dict[str, float]]:
+    """Per variant (VARIANTS), milliseconds per bar of the worker's job, one torch thread."""
+    import torch
+
+    from bridge.daemon import TORCH_THREADS
+    from models.fused import compact_weights_fast
+
+    torch.set_num_threads(TORCH_THREADS)
+    variants = [v for v in VARIANTS if v[1] != "int8" or compact_weights_fast(device)]
+    engines = {label: _engine(model_dir, device, weights, piano) for label, weights, piano in variants}
+    times: dict[str, list[float]] = {label: [] for label in engines}
+    for start in range(0, bars, BLOCK):
+        for label, engine in engines.items():
+            times[label] += [worker_bar_ms(engine, bar) for bar in range(start, min(bars, start + BLOCK))]
+    return {label: summary(t) for label, t in times.items()}
+
+
+def _busy_neighbour(halt: threading.Event, period_s: float) -> None:
+    """A Python thread like the daemon's MIDI/clock handlers: wakes every period, does a little work."""
+    while not halt.wait(period_s):
+        sum(range(200))  # ~5 us of bytecode, as a message handler
+
+
+def threaded_latency(model_dir: str | None, bars: int, switch_s: float | None, period_s: float = 0.001) -> dict:
+    """The worker's job in its own thread, as in the daemon, beside a busy Python thread; with the
+    GIL switch interval `switch_s` (None: leave Python's default)."""
+    import torch
+
+    from bridge.daemon import TORCH_THREADS
+
+    torch.set_num_threads(TORCH_THREADS)
+    engine = _engine(model_dir, "cpu")
+    saved, halt, times = sys.getswitchinterval(), threading.Event(), []
+    neighbour = threading.Thread(target=_busy_neighbour, args=(halt, period_s), daemon=True)
+    worker = threading.Thread(target=lambda: times.extend(worker_bar_ms(engine, bar) for bar in range(bars)))
+    try:
+        if switch_s is not None:
+            sys.setswitchinterval(switch_s)
+        neighbour.start()
+        worker.start()
+        worker.join()
+    finally:
+        halt.set()
+        neighbour.join()
+        sys.setswitchinterval(saved)
     return summary(times)
+
+
+def _concurrent_worker(model_dir: str | None, bars: int, ready, results) -> None:
+    import torch
+
+    from bridge.daemon import TORCH_THREADS
+
+    torch.set_num_threads(TORCH_THREADS)
+    engine = _engine(model_dir, "cpu")
+    ready.wait()
+    started = time.perf_counter()
+    times = [worker_bar_ms(engine, bar) for bar in range(bars)]
+    results.put((times, time.perf_counter() - started))
+
+
+def concurrent_latency(model_dir: str | None, bands: int, bars: int) -> dict[str, float]:
+    """`bands` engines in as many processes (two pianists, or many renders), started together:
+    per-bar latency over all of them and the bars per second they make together."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    ready, results = context.Barrier(bands + 1), context.Queue()
+    procs = [context.Process(target=_concurrent_worker, args=(model_dir, bars, ready, results)) for _ in range(bands)]
+    for proc in procs:
+        proc.start()
+    try:
+        ready.wait(timeout=120)
+        done = [results.get(timeout=600) for _ in procs]
+    finally:
+        for proc in procs:
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.terminate()
+    times = [t for part, _ in done for t in part]
+    return {**summary(times), "bands": bands, "bars_per_s": bands * bars / max(wall for _, wall in done)}
 
 
 # ---- live --------------------------------------------------------------------------------------
@@ -232,6 +328,77 @@ def live_timing(model_dir: str | None, bpm: float, seconds: float) -> LiveResult
                       jack_value("jack_bufsize"), jack_value("jack_samplerate"))
 
 
+def jack_xruns(checkout: str, model_dir: str | None, bpm: float, seconds: float) -> tuple[int, dict]:
+    """xruns a private dummy jackd (256 frames, 48 kHz, as the live tests) reports in its log while
+    the daemon of `checkout` follows jack_midi_clock with the piano playing; and its final status.
+    jackd reports each one as a line with "xrun" in it (JackEngine::XRun, a client not finished)."""
+    import mido
+
+    name = f"vjxrun{os.getpid()}x{time.monotonic_ns() % 10**6}"  # a fresh server name each run
+    saved = os.environ.get("JACK_DEFAULT_SERVER")
+    os.environ["JACK_DEFAULT_SERVER"] = name  # jackd's clients below, the daemon and jack_* tools
+    log_file = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
+    jackd = subprocess.Popen(["jackd", "-n", name, "--no-realtime", "-d", "dummy", "-r", "48000", "-p", "256"],
+                             stdout=log_file, stderr=log_file)
+    helpers: list[subprocess.Popen] = []
+    try:
+        deadline = time.monotonic() + 10
+        while not jack_answers():
+            if time.monotonic() > deadline or jackd.poll() is not None:
+                tail = " / ".join(Path(log_file.name).read_text(errors="replace").strip().splitlines()[-3:])
+                raise RuntimeError(f"the private jackd {name} did not start: {tail}")
+            time.sleep(0.1)
+        client = "vjx"
+        model = model_dir or str(Path(checkout) / "models" / "default")
+        helpers.append(subprocess.Popen([sys.executable, "-m", "bridge.cli", "run", "--midi-api", "jack",
+                                         "--client-name", client, "--osc-port", "0", "--model", model],
+                                        cwd=checkout, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True))
+        line = helpers[0].stdout.readline()
+        if not line.startswith("vaejam ready"):
+            raise RuntimeError(f"the daemon did not start: {line!r}")
+        osc_port = int(re.search(r"OSC [\d.]+:(\d+)", line).group(1))
+        helpers.append(subprocess.Popen(["jack_midi_clock", "-b", f"{bpm:g}", "-B", "-P"],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        piano = mido.Backend("mido.backends.rtmidi/UNIX_JACK").open_output("piano", client_name=f"{client}piano")
+        for source in (find_port("jack_midi_clock", "mclk_out"), find_port(f"{client}piano", "piano")):
+            subprocess.run(["jack_connect", source, find_port(client, "vaejam in")], check=True, timeout=5)
+        before = Path(log_file.name).read_text(errors="replace").lower().count("xrun")
+        player = PianoClient(piano, bpm)
+        transport("locate 0")
+        transport("play")
+        player.start()
+        time.sleep(seconds)
+        xruns = Path(log_file.name).read_text(errors="replace").lower().count("xrun") - before
+        status = osc_status(osc_port)
+        transport("stop")
+        player.stop()
+        piano.close()
+    finally:
+        for proc in reversed(helpers):
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=15)
+        jackd.terminate()
+        jackd.wait(timeout=10)
+        os.unlink(log_file.name)
+        if saved is None:
+            os.environ.pop("JACK_DEFAULT_SERVER", None)
+        else:
+            os.environ["JACK_DEFAULT_SERVER"] = saved
+    return xruns, status
+
+
+def xrun_command(args: argparse.Namespace, tempos: list[float]) -> int:
+    rows = ["| checkout | BPM | seconds | xruns | bars scheduled | notes in | late bars |", "|---|---|---|---|---|---|---|"]
+    for checkout in args.xruns:
+        for bpm in tempos:
+            xruns, status = jack_xruns(checkout, args.model, bpm, args.seconds)
+            rows.append(f"| {checkout} | {bpm:g} | {args.seconds:g} | {xruns} | {status.get('bars_scheduled')} | "
+                        f"{status.get('notes_in')} | {status.get('late_bars')} |")
+            print(rows[-1], flush=True)
+    print("\n".join(rows))
+    return 0
+
+
 def grid_errors(dump: str) -> tuple[np.ndarray, np.ndarray]:
     """From `jack_midi_dump -a` lines ("  48640: f8", "  57088: 99 3c 5a ..."): each band note-on's
     frame minus the frame of the nearest step clock (every third clock after Start), signed."""
@@ -282,14 +449,29 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {gpu}; Python {platform.python_version()}, torch {torch.__version__}"
 
 
-def report(inference: dict[str, dict], live: list[LiveResult], command: str, model: str) -> str:
+def report(inference: dict[str, dict], live: list[LiveResult], command: str, model: str,
+           threaded: dict[str, dict] | None = None, concurrent: list[dict] | None = None) -> str:
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     lines = [f"## `{command}`", "", f"- When: {time.strftime('%Y-%m-%d %H:%M %Z')}; machine: {machine()}; "
              f"load average at the end {load} (the machine is shared: other jobs ran meanwhile)",
-             f"- Model: {model}", "", "### Inference per bar (engine.step + note extraction, one torch thread on CPU)",
-             "", "| device | bars | p50 ms | p99 ms | max ms |", "|---|---|---|---|---|"]
-    for device, s in inference.items():
-        lines.append(f"| {device} | {s['n']} | {s['p50']:.2f} | {s['p99']:.2f} | {s['max']:.2f} |")
+             f"- Model: {model}", "", "### Inference per bar (engine.step + note extraction, one torch thread on CPU)", "",
+             f"Variants interleaved in blocks of {BLOCK} bars; ratio = this variant's p50 (p99) over the nn modules' "
+             "p50 (p99) in the same run.", "",
+             "| device, path | bars | p50 ms | p99 ms | max ms | ratio p50 | ratio p99 |", "|---|---|---|---|---|---|---|"]
+    for name, s in inference.items():
+        device = name.split(",")[0]
+        ref = inference.get(f"{device}, nn modules", s)
+        lines.append(f"| {name} | {s['n']} | {s['p50']:.2f} | {s['p99']:.2f} | {s['max']:.2f} | "
+                     f"{s['p50'] / ref['p50']:.2f} | {s['p99'] / ref['p99']:.2f} |")
+    if threaded:
+        lines += ["", "### The same job in a worker thread beside a Python thread waking every 1 ms (as in the daemon)", "",
+                  "| GIL switch interval | bars | p50 ms | p99 ms | max ms |", "|---|---|---|---|---|"]
+        lines += [f"| {name} | {s['n']} | {s['p50']:.2f} | {s['p99']:.2f} | {s['max']:.2f} |" for name, s in threaded.items()]
+    if concurrent:
+        lines += ["", "### Concurrent bands (one process and one torch thread each, the default engine)", "",
+                  "| bands | bars each | p50 ms | p99 ms | max ms | bars/s together |", "|---|---|---|---|---|---|"]
+        lines += [f"| {c['bands']} | {c['n'] // c['bands']} | {c['p50']:.2f} | {c['p99']:.2f} | {c['max']:.2f} | "
+                  f"{c['bars_per_s']:.0f} |" for c in concurrent]
     if live:
         lines += ["", "### End to end against `jack_midi_clock` (frame-accurate, `jack_midi_dump -a`)", "",
                   "Error = |a band note-on's frame minus the frame of its step's clock| (the nearest step clock); "
@@ -327,10 +509,18 @@ def bench_command(args: argparse.Namespace) -> int:
         tempos = [float(b) for b in args.bpm.split(",") if b.strip()]
     except ValueError as err:
         raise UsageError(f"--bpm: {err}") from err
+    if args.xruns:
+        return xrun_command(args, tempos)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    inference = {device: inference_latency(args.model, device, args.bars) for device in devices}
-    for device, s in inference.items():
-        print(f"inference {device}: p50 {s['p50']:.2f} ms, p99 {s['p99']:.2f} ms, max {s['max']:.2f} ms", flush=True)
+    inference = {f"{device}, {label}": s for device in devices
+                 for label, s in inference_latency(args.model, device, args.bars).items()}
+    for name, s in inference.items():
+        print(f"inference {name}: p50 {s['p50']:.2f} ms, p99 {s['p99']:.2f} ms, max {s['max']:.2f} ms", flush=True)
+    threaded = {f"{name}": threaded_latency(args.model, args.bars, switch)
+                for name, switch in (("5 ms (Python's default)", None), ("1 ms (the daemon's)", 0.001))}
+    concurrent = [concurrent_latency(args.model, bands, args.bars) for bands in args.bands]
+    for c in concurrent:
+        print(f"{c['bands']} bands: p50 {c['p50']:.2f} ms, p99 {c['p99']:.2f} ms, {c['bars_per_s']:.0f} bars/s", flush=True)
     live: list[LiveResult] = []
     if not args.no_live:
         for tool in ("jackd", "jack_midi_clock", "jack_midi_dump", "jack_transport"):
@@ -346,7 +536,8 @@ def bench_command(args: argparse.Namespace) -> int:
                   f"p99 {np.percentile(ms, 99):.2f} ms, late bars {result.status.get('late_bars')}", flush=True)
     from models.checkpoint import DEFAULT_MODEL_DIR
 
-    text = report(inference, live, "vaejam bench " + " ".join(sys.argv[2:]), args.model or str(DEFAULT_MODEL_DIR))
+    text = report(inference, live, "vaejam bench " + " ".join(sys.argv[2:]), args.model or str(DEFAULT_MODEL_DIR),
+                  threaded, concurrent)
     print(text)
     if args.write:
         with open(args.write, "a") as out:

@@ -22,6 +22,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "training.train",  # train
     "training.evaluate",  # eval
     "bridge.bench",  # bench
+    "max_for_live.build",  # m4l build
 )
 
 

@@ -24,11 +24,13 @@ import mido
 import numpy as np
 
 from bridge.clock import check_bpm
+from bridge.cc_map import CcMap, apply_bindings, parse_binding
 from bridge.jack_server import JackServer, JackStartError
 from bridge.midi_io import API_CHOICES, MidiIO, MidiPortError, PortOptions, apis_to_try, channel_map
+from bridge.osc_out import OscNoteOut, StepTracking, parse_target
 from bridge.recorder import TakeRecorder
 from bridge.scheduler import DEFAULT_CHANNELS, NoteScheduler
-from bridge.session import LiveSession, SessionOptions
+from bridge.session import CLOCK_MODES, LiveSession, SessionOptions
 from models.bars import BAND, N_PITCHES, STEPS_PER_BAR
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,10 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
                    help="MIDI channels 1-16 (default: guitar=2,bass=3,strings=4,drums=10,piano=1)")
     p.add_argument("--echo-piano", action="store_true", help="also play the band's predicted piano")
     p.add_argument("--bpm", type=float, default=120.0, help="internal clock tempo when no MIDI clock comes")
+    p.add_argument("--clock", choices=CLOCK_MODES, default="auto",
+                   help="what drives the band: auto = the DAW's MIDI clock once it starts, else Ableton Link "
+                   "when a peer is there (needs the link extra), else the internal clock at --bpm; midi = the "
+                   "MIDI clock once it starts, internal before (no Link); link, internal = only that (default: auto)")
     p.add_argument("--osc-host", default="127.0.0.1", help="OSC address to listen on (default: 127.0.0.1)")
     p.add_argument("--osc-port", type=int, default=DEFAULT_OSC_PORT, help="OSC UDP port (default: 9000; 0 = any)")
     p.add_argument("--record", metavar="DIR", help="record takes (.mid, flushed every bar) into DIR from the start")
@@ -73,6 +79,12 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
                    help="start generating the next bar this many 32nd-steps before the downbeat (default: 1)")
     p.add_argument("--autopilot", type=int, default=4,
                    help="bars the band plays on after the pianist stops; 0 = off (default: 4)")
+    p.add_argument("--cc", action="append", default=[], metavar="CONTROL=CC",
+                   help="bind a MIDI CC on the input port to a control, e.g. --cc noise_sd=21 (repeatable; "
+                   "saved in the user's config folder, like /vaejam/learn bindings)")
+    p.add_argument("--osc-out", metavar="HOST:PORT",
+                   help="also send each band note as OSC /vaejam/out/<instrument> pitch velocity bar step "
+                   "(for the vaejam Band Max for Live device, e.g. 127.0.0.1:9002); off when not given")
     p.set_defaults(func=run_command)
 
 
@@ -186,14 +198,18 @@ def _median_step_ms(model, styles, device: str, steps: int) -> float:
 
 
 class _LateSend:
-    """The scheduler's send function, bound to the ports once they are open."""
+    """The scheduler's send function, bound to the ports once they are open; with --osc-out each
+    note also goes out as OSC, right after its MIDI (bridge.osc_out)."""
 
-    def __init__(self) -> None:
+    def __init__(self, osc_out: "OscNoteOut | None" = None) -> None:
         self.midi: MidiIO | None = None  # set once, before any clock can tick
+        self.osc_out = osc_out  # set at construction; sends never raise
 
     def __call__(self, instrument: str, msg: mido.Message) -> None:
         if self.midi is not None:
             self.midi.send(instrument, msg)
+        if self.osc_out is not None:
+            self.osc_out.send(instrument, msg)
 
 
 def start_daemon(args: argparse.Namespace, jack: JackServer | None = None) -> Daemon:
@@ -215,9 +231,20 @@ def start_daemon(args: argparse.Namespace, jack: JackServer | None = None) -> Da
             Path(args.record).mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise StartupError(f"--record {args.record}: cannot create the folder ({err.strerror})") from err
-    engine, _, _ = load_engine(args.model, args.device)
-    send = _LateSend()
-    session = LiveSession(engine, NoteScheduler(send, channels), options)
+    cc_map, osc_out = _knobs_and_osc_out(args)
+    link = _link_peer(args)  # before the model: a missing binding is one line, at once
+    try:
+        engine, _, _ = load_engine(args.model, args.device)
+    except BaseException:
+        if link is not None:
+            link.close()  # leave the Link session: peers must not keep a daemon that never ran
+        raise
+    send = _LateSend(osc_out)
+    scheduler = StepTracking(NoteScheduler(send, channels))
+    if osc_out is not None:
+        osc_out.position = lambda: scheduler.step
+    session = LiveSession(engine, scheduler, options, link=link, clock_mode=getattr(args, "clock", "auto"))
+    session.cc_map = cc_map  # CCs on the input port move controls (LiveSession.on_midi)
     instruments = (*BAND, "piano") if args.echo_piano else BAND
     try:
         midi = _open_midi(args, session, instruments, jack)
@@ -238,11 +265,42 @@ def start_daemon(args: argparse.Namespace, jack: JackServer | None = None) -> Da
         hint = " (another vaejam running? pick a port with --osc-port)" if err.errno == errno.EADDRINUSE else ""
         raise StartupError(said + hint) from err
     # the OSC server adds its own counters (osc/...) to the reply
-    session.extra_status = lambda: {f"midi/{kind}": count for kind, count in midi.counters().items()}
+    # midi_api_ok 0: the JACK server went away (MidiIO reopens the ports when it is back)
+    session.extra_status = lambda: {"midi_api_ok": int(midi.server_ok),
+                                    **{f"midi/{kind}": count for kind, count in midi.counters().items()},
+                                    **({f"osc_out/{k}": n for k, n in osc_out.counters().items()} if osc_out else {})}
     housekeeper = Housekeeper(session, midi)
     session.start()
     housekeeper.start()
     return Daemon(session, midi, osc, housekeeper)
+
+
+def _link_peer(args: argparse.Namespace):
+    """The Ableton Link peer for --clock link/auto; None for midi/internal, or auto without the binding."""
+    mode = getattr(args, "clock", "auto")
+    if mode not in ("link", "auto"):
+        return None
+    from bridge.link_clock import LinkPeer, LinkUnavailable
+
+    try:
+        return LinkPeer(args.bpm)
+    except LinkUnavailable as err:
+        if mode == "link":
+            raise StartupError(str(err)) from err
+        log.debug("--clock auto without Ableton Link: %s", err)
+        return None
+
+
+def _knobs_and_osc_out(args: argparse.Namespace) -> tuple[CcMap, OscNoteOut | None]:
+    """The CC bindings (config file, then --cc) and the OSC note sender; StartupError for bad values."""
+    try:
+        bindings = dict(parse_binding(text) for text in getattr(args, "cc", []) or [])
+        target = parse_target(args.osc_out) if getattr(args, "osc_out", None) else None
+        cc_map = CcMap.from_config()
+        apply_bindings(cc_map, bindings)
+        return cc_map, (OscNoteOut(*target) if target else None)
+    except (ValueError, OSError) as err:
+        raise StartupError(str(err)) from err
 
 
 def _open_midi(args: argparse.Namespace, session: LiveSession, instruments, jack: JackServer | None) -> MidiIO:

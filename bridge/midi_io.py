@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -23,6 +24,7 @@ from bridge.clock import CountedLog
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
+ServerProbe = Callable[[], "frozenset[str] | None"]  # JACK server's port names now; None: no server
 # handler(msg, t): a parsed message and its perf_counter arrival time; runs on the MIDI thread
 MessageHandler = Callable[[mido.Message, float], None]
 
@@ -115,9 +117,28 @@ class BaseInput(BasePort):
         super().__init__(name)
 
     def deliver(self, data: Sequence[int], t: float | None = None) -> None:
-        """One raw MIDI message as it arrived; called on the MIDI thread (or by tests)."""
+        """One raw MIDI message as it arrived; called on the MIDI thread (or by tests).
+
+        A SysEx with status bytes inside is one that was never terminated: RtMidi's JACK parser
+        appended every later event to it until one ended in F7 (the sysex guard's, see
+        RtMidiInput). It is counted as `broken_sysex`, and the messages it swallowed are recovered
+        from its bytes, all stamped with this arrival time."""
         if t is None:
             t = self._clock()  # first thing: arrival time before any parsing cost
+        if data and data[0] == SYSEX_START:
+            cut = next((i for i in range(1, len(data)) if data[i] >= 0x80), len(data))
+            if not (cut == len(data) - 1 and data[cut] == SYSEX_END):
+                self.errors.event("broken_sysex", f"{self.name}: dropped an unterminated sysex "
+                                  f"{bytes(data[:cut])[:8].hex()}; {len(data) - cut} bytes after it recovered")
+                for message in split_messages(data[cut:]):
+                    if message != [ACTIVE_SENSING]:  # as ignore_types: active sensing is not for us
+                        self.deliver(message, t)
+                return
+        elif list(data) == [SYSEX_END]:
+            return  # the sysex guard's marker when no sysex was pending (or a stray end of sysex)
+        self._deliver_one(data, t)
+
+    def _deliver_one(self, data: Sequence[int], t: float) -> None:
         try:
             msg = mido.Message.from_bytes(list(data))
         except (ValueError, TypeError, IndexError) as err:
@@ -130,6 +151,24 @@ class BaseInput(BasePort):
             self._handler(msg, t)
         except Exception as err:  # noqa: BLE001 - a bug downstream must not kill the MIDI thread
             self.errors.event("handler", f"{self.name}: handler failed on {msg}: {err!r}", logging.ERROR, True)
+
+
+SYSEX_START, SYSEX_END = 0xF0, 0xF7
+
+
+def split_messages(data: Sequence[int]) -> list[list[int]]:
+    """A MIDI byte stream cut at each status byte (a SysEx runs to its F7); data bytes without a
+    status stay with the message before them (and make it malformed), as every JACK event had its own."""
+    messages: list[list[int]] = []
+    for byte in data:
+        in_sysex = bool(messages) and messages[-1][0] == SYSEX_START and messages[-1][-1] != SYSEX_END
+        if byte == SYSEX_END and in_sysex:
+            messages[-1].append(byte)
+        elif byte >= 0x80 or not messages:
+            messages.append([byte])
+        else:
+            messages[-1].append(byte)
+    return messages
 
 
 class BaseOutput(BasePort):
@@ -173,6 +212,8 @@ class MemoryOutput(BaseOutput):
 
 
 INPUT_POLL_S = 0.0005  # how often the input thread looks in RtMidi's queue: well under a JACK period
+SYSEX_GUARD_S = 0.02  # JACK input silent this long: the guard sends F7, ending any sysex left open
+SERVER_SILENT_S = 1.5  # JACK input deaf to its own guard this long: is the server still there?
 DRAIN_TIMEOUT_S = 2.0  # longest wait for a JACK output's last messages to be seen leaving it
 ACTIVE_SENSING = 0xFE  # the drain marker; also tells hardware synths "connection gone, release voices"
 
@@ -198,6 +239,13 @@ class RtMidiInput(BaseInput):
     No Python runs in the MIDI API's own thread (JACK's process callback is real-time): RtMidi
     queues what arrives, and a thread of ours reads the queue every INPUT_POLL_S. close() joins
     that thread first, so once it returns no message is delivered any more.
+
+    On JACK a sysex guard (an output of ours connected to this port) sends a lone F7 whenever the
+    port heard nothing for SYSEX_GUARD_S: RtMidi's JACK parser glues every event after an
+    unterminated SysEx onto it until an event ends in F7, so without the guard one `F0 7D 01` would
+    make the band deaf; with it the glued bytes arrive within a few periods and `deliver` recovers
+    them. The guard's F7 is also a heartbeat: `heard_at` goes stale only when the server stopped
+    moving MIDI (MidiIO's server watch).
     """
 
     def __init__(self, name: str, handler: MessageHandler, api: str, virtual: bool = True,
@@ -207,6 +255,9 @@ class RtMidiInput(BaseInput):
         self._client_name = client_name
         self._halt = threading.Event()  # set by close(): the poll thread ends
         self._poller: threading.Thread | None = None
+        self._guard: object | None = None  # JACK only: an rtmidi MidiOut into our port; poll thread only
+        self.jack_name: str | None = None  # JACK only: our port's full name ("vaejam:vaejam in")
+        self.heard_at = clock()  # when the poll thread last read anything (the guard's F7 included)
         super().__init__(name, handler, clock)
 
     def _open(self) -> None:
@@ -216,35 +267,75 @@ class RtMidiInput(BaseInput):
             self._rt = rtmidi.MidiIn(_rtmidi_api(self.api), self._client_name, queue_size_limit=4096)
             # sysex and clock reach us (sysex to be counted, clock to be followed); active sensing not
             self._rt.ignore_types(sysex=False, timing=False, active_sense=True)
+            if self.api == "UNIX_JACK":
+                self._guard = rtmidi.MidiOut(_rtmidi_api(self.api), f"{self._client_name}-guard")
+                before = set(self._guard.get_ports())  # type: ignore[attr-defined]
             if self._virtual:
                 self._rt.open_virtual_port(self.name)
             else:
                 self.name = _open_by_name(self._rt, self.name, self.api)
+            if self._guard is not None:
+                self._connect_guard(before)
         except (rtmidi.SystemError, rtmidi.RtMidiError, RuntimeError) as err:
+            self._delete_rtmidi()
             raise MidiPortError(f"cannot open MIDI input {self.name!r} on {self.api}: {err}") from err
+        self.heard_at = self._clock()
         self._poller = threading.Thread(target=self._poll, name=f"vaejam-midi-in:{self.name}", daemon=True)
         self._poller.start()
 
+    def _connect_guard(self, before: set[str]) -> None:
+        """Connect the guard to our port; without our port's name, no guard (and no heartbeat)."""
+        guard = self._guard
+        own = self.name if self._virtual else "RtMidi input"  # python-rtmidi's name for a connecting port
+        self.jack_name = _new_port(guard, before, self._client_name, own)
+        ports = guard.get_ports()  # type: ignore[attr-defined]
+        if self.jack_name not in ports:
+            log.info("%s: own JACK port not found; an unterminated sysex would not be ended", self.name)
+            guard.delete()  # type: ignore[attr-defined]
+            self._guard = None
+            return
+        guard.open_port(ports.index(self.jack_name), "sysex guard")  # type: ignore[attr-defined]
+
     def _poll(self) -> None:
+        guarded_at = self._clock()
         while not self._halt.is_set():
             batch = []
             while (event := self._rt.get_message()) is not None:
                 batch.append(event)
             if not batch:
+                now = self._clock()
+                # a stalled server empties no ring buffer: slow down, so ours does not fill
+                interval = SYSEX_GUARD_S if now - self.heard_at < SERVER_SILENT_S else SERVER_SILENT_S
+                if self._guard is not None and now - max(self.heard_at, guarded_at) >= interval:
+                    guarded_at = now
+                    self._guard.send_message([SYSEX_END])  # type: ignore[attr-defined]
                 time.sleep(INPUT_POLL_S)
                 continue
-            times = batch_times([delta for _, delta in batch], self._clock())
+            self.heard_at = now = self._clock()
+            times = batch_times([delta for _, delta in batch], now)
             for (data, _), t in zip(batch, times):
                 if self._halt.is_set():
                     return
                 self.deliver(data, t)
 
+    def silent_for(self, now: float) -> float | None:
+        """Seconds since the port last heard anything; None without a guard (silence means nothing)."""
+        return None if self._guard is None or self.closed else now - self.heard_at
+
     def _close(self) -> None:
         self._halt.set()
         if self._poller is not None and self._poller is not threading.current_thread():
             self._poller.join()
-        self._rt.close_port()
-        self._rt.delete()
+        self._delete_rtmidi()
+
+    def _delete_rtmidi(self) -> None:
+        guard, self._guard = self._guard, None
+        if guard is not None:
+            guard.delete()  # type: ignore[attr-defined]
+        rt = getattr(self, "_rt", None)  # absent when the MidiIn itself could not be made
+        if rt is not None:
+            rt.close_port()
+            rt.delete()
 
 
 class RtMidiOutput(BaseOutput):
@@ -284,7 +375,7 @@ class RtMidiOutput(BaseOutput):
             else:
                 self.name = _open_by_name(self._rt, self.name, self.api)
             if self._probe is not None:
-                self.jack_name = _new_port(self._probe, before)
+                self.jack_name = _new_port(self._probe, before, self._client_name, self.name)
                 self._connect_echo()
         except (rtmidi.SystemError, rtmidi.RtMidiError, RuntimeError) as err:
             raise MidiPortError(f"cannot open MIDI output {self.name!r} on {self.api}: {err}") from err
@@ -317,6 +408,14 @@ class RtMidiOutput(BaseOutput):
         probe.ignore_types(sysex=True, timing=True, active_sense=False)  # type: ignore[attr-defined]
         probe.open_port(ports.index(self.jack_name), "echo")  # type: ignore[attr-defined]
 
+    def abandon(self) -> None:
+        """Close without waiting for the last messages: the server is gone, nothing leaves any more."""
+        with self._lock:
+            probe, self._probe = self._probe, None
+        if probe is not None:
+            probe.delete()  # type: ignore[attr-defined]
+        self.close()
+
     def discard_echo(self) -> None:
         """Empty the echo's queue (what it heard is only needed at close)."""
         with self._lock:
@@ -348,9 +447,12 @@ class RtMidiOutput(BaseOutput):
         return True
 
 
-def _new_port(lister: object, before: set[str]) -> str | None:
-    """The one port that appeared since `before` (ours, whatever number JACK gave our client)."""
-    new = [name for name in lister.get_ports() if name not in before]  # type: ignore[attr-defined]
+def _new_port(lister: object, before: set[str], client: str, port: str) -> str | None:
+    """Our port among those that appeared since `before`: named `port`, of client `client` or the
+    name JACK numbered for it (client-01, ...), so other clients opening ports meanwhile do not
+    confuse it. None when that is still ambiguous (two of ours at once)."""
+    pattern = re.compile(rf"^{re.escape(client)}(-\d+)?:{re.escape(port)}$")
+    new = [name for name in lister.get_ports() if name not in before and pattern.match(name)]  # type: ignore[attr-defined]
     return new[0] if len(new) == 1 else None
 
 
@@ -413,7 +515,7 @@ class MidiIO:
     """
 
     def __init__(self, options: PortOptions, handler: MessageHandler, instruments: Iterable[str],
-                 clock: Clock = time.perf_counter) -> None:
+                 clock: Clock = time.perf_counter, server_probe: ServerProbe | None = None) -> None:
         self.options = options
         self._handler = handler
         self._clock = clock
@@ -426,6 +528,9 @@ class MidiIO:
         self.send_errors = CountedLog(log)
         self._input_closed_for_good = False  # close_input() was called: the watcher must not reopen it
         self._ports_lister: PortLister | None = None  # housekeeping thread only (poll_reconnect)
+        self._server_probe = server_probe  # JACK: the server's port names (None: gone); default jack_watch
+        self.server_ok = True  # False from a JACK server's death until our ports are back on it
+        self.server_events = CountedLog(log)  # server_lost, server_back, server_stalled, ...
         self._open_all()
 
     def _open_all(self) -> None:
@@ -446,16 +551,19 @@ class MidiIO:
         if (opts.in_port is None or opts.out_port is None) and not supports_virtual(api):
             raise MidiPortError(f"{api} has no virtual ports: pass --in-port and --out-port (e.g. loopMIDI names)")
         self.input = self._open_input(api)
+        for key, name, virtual in self._output_specs():
+            self.outputs[key] = RtMidiOutput(name, api, virtual=virtual, client_name=opts.client_name)
+        per_instrument = opts.port_per_instrument and opts.out_port is None
+        self._routes = {i: i if per_instrument else "out" for i in self._instruments}
+
+    def _output_specs(self) -> list[tuple[str, str, bool]]:
+        """(key, port name, virtual?) of each output the options ask for."""
+        opts = self.options
         if opts.out_port is not None:
-            self.outputs["out"] = RtMidiOutput(opts.out_port, api, virtual=False, client_name=opts.client_name)
-            self._routes = {i: "out" for i in self._instruments}
-        elif opts.port_per_instrument:
-            for instrument in self._instruments:
-                self.outputs[instrument] = RtMidiOutput(f"vaejam {instrument}", api, client_name=opts.client_name)
-            self._routes = {i: i for i in self._instruments}
-        else:
-            self.outputs["out"] = RtMidiOutput(OUT_PORT_NAME, api, client_name=opts.client_name)
-            self._routes = {i: "out" for i in self._instruments}
+            return [("out", opts.out_port, False)]
+        if opts.port_per_instrument:
+            return [(i, f"vaejam {i}", True) for i in self._instruments]
+        return [("out", OUT_PORT_NAME, True)]
 
     def _open_input(self, api: str) -> BaseInput:
         client = self.options.client_name
@@ -499,6 +607,8 @@ class MidiIO:
     def poll_reconnect(self) -> None:
         """Reopen a port opened by name whose peer went away and came back; close one that vanished.
         Also empties the JACK outputs' echo queues."""
+        if self.api == "UNIX_JACK" and not self._input_closed_for_good and not self._watch_server():
+            return  # no server: nothing else to look at
         with self._lock:
             outputs = list(self.outputs.values())
         for port in outputs:
@@ -508,6 +618,89 @@ class MidiIO:
             self._watch_input()
         if self.options.out_port is not None:
             self._watch_output()
+
+    def _probe_server(self) -> frozenset[str] | None:
+        if self._server_probe is not None:
+            return self._server_probe()
+        from bridge.jack_watch import server_ports
+
+        return server_ports()
+
+    def _watch_server(self) -> bool:
+        """JACK: notice the server's death (our input stopped hearing its own sysex guard and the
+        server no longer holds our port) and reopen every port once it is back; False while down."""
+        if self.server_ok:
+            with self._lock:
+                port = self.input
+            silent = port.silent_for(self._clock()) if isinstance(port, RtMidiInput) else None
+            if silent is None or silent < SERVER_SILENT_S:
+                return True
+        try:
+            ports = self._probe_server()
+        except TimeoutError as err:
+            self.server_events.event("server_stalled", f"JACK server not answering: {err}")
+            return self.server_ok
+        if self.server_ok:
+            if ports is not None and port.jack_name in ports:
+                self.server_events.event("input_silent", f"{port.name}: deaf to its own sysex guard for {silent:.1f} s")
+                return True
+            self._server_lost()
+        return ports is not None and self._reopen_after_server()
+
+    def _server_lost(self) -> None:
+        """Close every port without draining (their server is gone), the lister too: libjack must
+        hold no client of the dead server before one is opened on the next."""
+        log.warning("JACK server went away: MIDI ports closed; they reopen when a server of that name is back")
+        self.server_events.event("server_lost", "JACK server lost", logging.DEBUG)
+        self.server_ok = False
+        with self._lock:
+            ports: list[BasePort] = ([self.input] if self.input is not None else []) + list(self.outputs.values())
+            self.input, self.outputs = None, {}
+        self._close_ports(ports, abandon=True)
+
+    def _reopen_after_server(self) -> bool:
+        """Every port under its old name; a named peer not back yet is left to the watchers."""
+        opened: list[BasePort] = []
+        try:
+            new_input = None
+            if not self._input_closed_for_good:
+                try:
+                    new_input = self._open_input(self.api)
+                    opened.append(new_input)
+                except MidiPortError:
+                    if self.options.in_port is None:
+                        raise
+            outputs: dict[str, BaseOutput] = {}
+            for key, name, virtual in self._output_specs():
+                try:
+                    outputs[key] = RtMidiOutput(name, self.api, virtual=virtual, client_name=self.options.client_name)
+                    opened.append(outputs[key])
+                except MidiPortError:
+                    if virtual:
+                        raise
+        except MidiPortError as err:
+            self.server_events.event("reopen_failed", f"JACK server is back but the MIDI ports failed to open: {err}")
+            self._close_ports(opened, abandon=True)
+            return False
+        with self._lock:
+            self.input, self.outputs = new_input, outputs
+        self.server_ok = True
+        self.server_events.event("server_back", "JACK server back", logging.DEBUG)
+        log.warning("JACK server is back: MIDI ports %s reopened", ", ".join(repr(p.name) for p in opened))
+        return True
+
+    def _close_ports(self, ports: list[BasePort], abandon: bool = False) -> None:
+        for port in ports:
+            try:
+                if abandon and isinstance(port, RtMidiOutput):
+                    port.abandon()
+                else:
+                    port.close()
+            except Exception as err:  # noqa: BLE001 - closing the others matters more
+                log.warning("closing %s failed: %r", port.name, err)
+        if self._ports_lister is not None:
+            self._ports_lister.close()
+            self._ports_lister = None
 
     def _lister(self) -> PortLister:
         if self._ports_lister is None:
@@ -567,6 +760,7 @@ class MidiIO:
             port = self.input
         counts = dict(port.errors.counts) if port is not None else {}
         counts.update({f"send_{k}": v for k, v in self.send_errors.counts.items()})
+        counts.update(self.server_events.counts)
         return counts
 
     def close(self) -> None:

@@ -107,6 +107,9 @@ def _engine_controls() -> list[OscAddress]:
 _DAEMON_CONTROLS = (
     OscAddress(f"{PREFIX}/tempo", "f", "tempo", "control", MIN_BPM, MAX_BPM, 120.0,
                "Tempo in BPM of the internal clock (ignored while following the DAW's MIDI clock)"),
+    OscAddress(f"{PREFIX}/latency_ms", "f", "latency_ms", "control", 0.0, 50.0, 0.0,
+               "Output latency compensation: the internal and Ableton Link clocks send the band this many ms "
+               "before the beat (a DAW's MIDI clock cannot be run early: use its own clock sync delay)"),
     OscAddress(f"{PREFIX}/autopilot", "i", "autopilot", "control", 0, 64, 4,
                "Bars the band keeps playing on its own predicted piano after the pianist stops; 0 = off"),
     OscAddress(f"{PREFIX}/record", "i", "record", "control", 0, 1, 0,
@@ -122,6 +125,9 @@ _ACTIONS = (
                "Release every sounding note, then All Notes Off and All Sound Off on every channel"),
     OscAddress(f"{PREFIX}/note", "ii", "note", "action", 0, 127, None,
                "A piano note as played: pitch, velocity (0 = note off); for setups without MIDI ports"),
+    OscAddress(f"{PREFIX}/learn", "s", "learn", "action", None, None, None,
+               "Bind the next MIDI CC that moves on the input port to this control (e.g. noise_sd); "
+               "saved in the user's config folder, listed in status as cc/<control>; \"\" cancels"),
     OscAddress(f"{PREFIX}/status", "i", "status", "action", 1, 65535, None,
                "Replies with one bundle of /vaejam/status/<key> value messages (bar, tempo, clock, "
                "controls, late_bars, inference_ms, counters) to the sender, or to the sender's host "

@@ -33,6 +33,7 @@ import numpy as np
 from bridge.clock import (
     TICKS_PER_BAR, TICKS_PER_STEP, CountedLog, InternalClock, MidiClockFollower, TICKS_PER_BEAT,
 )
+from bridge.link_clock import LinkClock, LinkSession
 from models.bars import BAND, N_PITCHES, STEPS_PER_BAR, Note, roll_notes  # noqa: F401 - roll_notes re-exported
 from models.chords import HARMONY_CHORDS, STEPS_PER_BEAT, ChordFollower, Harmony, beat_notes, heard_context
 from models.controls import Controls
@@ -43,6 +44,9 @@ Clock = Callable[[], float]
 CLOCK_MESSAGES = frozenset({"clock", "start", "continue", "stop", "songpos"})
 SUSTAIN_CC = 64
 DEFAULT_TAKES_DIR = "takes"  # /vaejam/record 1 without --record DIR
+# --clock: which sources may drive the band. auto: MIDI clock once it starts, else Link once a peer is
+# there, else internal; midi: MIDI clock once it starts, else internal (no Link); link, internal: only that.
+CLOCK_MODES = ("auto", "midi", "link", "internal")
 TAKE_TEMPO_CHANGE = 0.01  # relative tempo change that writes a new tempo into the take
 
 
@@ -248,17 +252,26 @@ class LiveSession:
     """ClockListener (through per-source gates) + ControlTarget; see the module doc for the flow."""
 
     def __init__(self, engine: Engine, scheduler: Scheduler, options: SessionOptions | None = None,
-                 clock: Clock = time.perf_counter, start_threads: bool = True) -> None:
+                 clock: Clock = time.perf_counter, start_threads: bool = True,
+                 link: "LinkSession | None" = None, clock_mode: str = "auto") -> None:
+        if clock_mode not in CLOCK_MODES:
+            raise ValueError(f"clock_mode={clock_mode!r} must be one of {', '.join(CLOCK_MODES)}")
+        if clock_mode == "link" and link is None:
+            raise ValueError("clock_mode='link' needs a Link session (link=)")
         self.options = options or SessionOptions()
         self._clock = clock
         self.scheduler = scheduler
         self._lock = threading.RLock()  # guards every attribute below marked "_lock"
         self.worker = InferenceWorker(engine, self._on_result, clock)
         self.follower = MidiClockFollower(_SourceGate(self, "midi"))
-        self.internal = InternalClock(_SourceGate(self, "internal"), self.options.bpm, now=clock,
-                                      realtime=self.options.realtime_clock)
+        self._latency_s = 0.0  # output latency compensation: every clock ticks this much early
+        self.internal = InternalClock(_SourceGate(self, "internal"), self.options.bpm,
+                                      now=lambda: clock() + self._latency_s, realtime=self.options.realtime_clock)
+        self._clock_mode = clock_mode  # which sources may drive the band (CLOCK_MODES); fixed
+        self.link = (LinkClock(_SourceGate(self, "link"), link, now=clock, realtime=self.options.realtime_clock)
+                     if link is not None else None)  # Ableton Link (bridge.link_clock), when asked for
         self._styles = set(getattr(engine, "styles", {}) or {})  # names the engine accepts; _lock
-        self._source = "internal"  # which clock drives the band; _lock
+        self._source = "link" if clock_mode == "link" else "internal"  # which clock drives the band; _lock
         self._running = False  # transport of the active source running; _lock
         self._serial = -1  # serial number of the bar in progress; _lock
         self._bar_abs = 0  # absolute clock bar of the bar in progress; _lock
@@ -290,6 +303,8 @@ class LiveSession:
         if start_threads:
             self.worker.start()
             self.internal.start()
+            if self.link is not None:
+                self.link.start()
 
     # ---- lifetime ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -298,11 +313,16 @@ class LiveSession:
         self.worker.warm()
         if self.options.record_dir is not None:
             self._start_take(self.options.record_dir)
-        self.internal.start_transport(0)
+        if self.link is not None:
+            self.link.start_transport()  # runs on Link's timeline; drives the band when in charge
+        if self._clock_mode != "link":  # midi and auto too: the band answers before the DAW starts
+            self.internal.start_transport(0)
 
     def close(self) -> None:
         """Stop clocks, release every note (note-offs + CC 123), finalise the take, end the worker."""
         self.internal.stop(block=True)
+        if self.link is not None:
+            self.link.stop(block=True)  # also leaves the Link session
         with self._lock:
             self._running = False
             self._expected, self._ready, self._playing = None, None, None
@@ -322,6 +342,9 @@ class LiveSession:
             self.note_off(msg.note, t)
         elif msg.type == "control_change" and msg.control == SUSTAIN_CC:
             self._pedal(msg.value >= 64, t)
+        elif (msg.type == "control_change" and getattr(self, "cc_map", None) is not None  # set by the daemon
+              and (moved := self.cc_map.handle(msg.control, msg.value)) is not None):
+            self.set_control(*moved)  # a knob bound by --cc or /vaejam/learn (bridge.cc_map), scaled to the range
         else:
             with self._lock:
                 key = f"ignored_{msg.type}"
@@ -404,8 +427,13 @@ class LiveSession:
     def _clock_event(self, source: str, kind: str, tick: int, t: float) -> None:
         with self._lock:
             if source != self._source:
-                if source == "midi" and kind == "start":
+                if source == "midi" and kind == "start" and self._clock_mode in ("auto", "midi"):
                     self._switch_to_midi()
+                elif (source == "link" and kind != "stop" and self._clock_mode == "auto"
+                      and self._source == "internal" and self.link is not None and self.link.peers > 0):
+                    self._switch_to_link(tick, t)  # auto: a Link peer appeared before any MIDI clock
+                    if kind == "start":
+                        return
                 else:
                     return  # the other clock is in charge
             if kind == "start":
@@ -420,6 +448,13 @@ class LiveSession:
         self._source = "midi"
         self.internal.stop_transport()  # its on_stop arrives later and is gated out
         self._on_stop(self._last_tick, self._last_t)
+
+    def _switch_to_link(self, tick: int, t: float) -> None:
+        log.info("Ableton Link peer found: following the Link session (internal clock stopped)")
+        self.internal.stop_transport()  # its on_stop arrives later and is gated out
+        self._on_stop(self._last_tick, self._last_t)
+        self._source = "link"
+        self._on_start(tick, t)
 
     def _on_start(self, tick: int, t: float) -> None:
         if self._running:
@@ -541,7 +576,7 @@ class LiveSession:
                                    f"downbeat (inference {result.inference_ms:.1f} ms)")
 
     def _tempo(self) -> float:
-        bpm = self.follower.bpm if self._source == "midi" else self.internal.bpm
+        bpm = {"midi": self.follower.bpm, "link": self.link and self.link.bpm}.get(self._source, self.internal.bpm)
         return bpm if bpm else self.internal.bpm
 
     # ---- recording (file work on the worker thread) ------------------------------------------
@@ -648,8 +683,14 @@ class LiveSession:
         """A validated OSC value; band controls are staged for the next generated bar."""
         if name == "tempo":
             self.internal.set_bpm(float(value))
-            if self._source == "midi":
+            if self._source == "link" and self.link is not None:
+                self.link.set_bpm(float(value))  # proposed to the Link session: every peer follows
+            elif self._source == "midi":
                 log.info("tempo %.1f set for the internal clock; the DAW's MIDI clock decides now", value)
+        elif name == "latency_ms":  # ticks of the internal and Link clocks go out this much early
+            self._latency_s = float(value) / 1000.0
+            if self.link is not None:
+                self.link.set_latency_ms(float(value))
         elif name == "autopilot":
             with self._lock:
                 self._autopilot = int(value)
@@ -688,6 +729,11 @@ class LiveSession:
             self.panic()
         elif name == "status":
             pass  # the OSC server replies with status() itself
+        elif name == "learn":  # the next CC that moves on the input port drives this control
+            cc_map = getattr(self, "cc_map", None)
+            if cc_map is None:
+                raise ValueError("learn: this session has no CC map (vaejam run makes one)")
+            cc_map.learn(str(args[0]))
         elif name == "note":
             pitch, velocity = int(args[0]), int(args[1])
             if velocity > 0:
@@ -729,14 +775,21 @@ class LiveSession:
                 # why the take is not being written (full disk, read-only folder); "" when it is
                 "record_error": getattr(self._recorder, "error", "") if self._take_origin is not None else "",
                 "record_errors": c.extra.get("record_errors", 0),
+                "clock_mode": self._clock_mode, "latency_ms": round(self._latency_s * 1000, 3),
+                "link_peers": self.link.peers if self.link is not None else 0,
             }
             status.update(self._staged.as_dict())
             status.update({k: v for k, v in vars(c).items() if k not in ("extra", "late_bars")})
             status.update(c.extra)
         status.update(self.worker.errors.counts)
         status["capped_notes"] = int(getattr(self.worker.engine, "capped_notes", 0))  # models.limits ceiling
+        if self.link is not None:
+            status.update(self.link.status())
         if self.extra_status is not None:
             status.update(self.extra_status())
+        cc_map = getattr(self, "cc_map", None)  # knob bindings: cc/<control> = CC number, cc_learning
+        if cc_map is not None:
+            status.update(cc_map.status())
         return status
 
 

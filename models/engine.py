@@ -11,45 +11,82 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from models.bars import INSTRUMENTS, N_PITCHES, STEPS_PER_BAR
+from models.bars import BAND, INSTRUMENTS, N_PITCHES, STEPS_PER_BAR
 from models.controls import Controls, density_threshold
-from models.fused import FusedBand
+from models.fused import FusedBand, ModuleBand, compact_weights_fast, int8_fits
 from models.chords import HARMONY_KEY
-from models.harmony import KeyTracker, snap_to_scale
-from models.limits import cap_notes_in_place
-from models.networks import BandModel, piano_features
+from models.harmony import PITCH_CLASS, KeyTracker
+from models.limits import MAX_NOTES_PER_BAR, cap_notes_in_place
+from models.networks import BandModel
 from models.style import StyleBank, sample_style
 
 DEFAULT_DYNAMICS = 90 / 127  # velocity used before the pianist has played anything
+PITCHED = np.array([name != "drums" for name in INSTRUMENTS])  # (5,): parts that lose blips and follow the key
+RETRIES = (0.5, 0.25)  # an empty part is retried at half, then a quarter of its threshold
 
 
 def drop_blips(on: np.ndarray) -> np.ndarray:
-    """Remove one-step (32nd) notes from a (32, 128) pitched part: the blurred decoder scatters
+    """Remove one-step (32nd) notes from a (..., 32, 128) pitched part: the blurred decoder scatters
     them, the data has almost none (QN ~0.95), and they sound like a stutter."""
     held = np.zeros_like(on)
-    held[1:] |= on[:-1]  # the step before is on
-    held[:-1] |= on[1:]  # the step after is on
+    held[..., 1:, :] |= on[..., :-1, :]  # the step before is on
+    held[..., :-1, :] |= on[..., 1:, :]  # the step after is on
     return on & held
 
 
-def active_cells(decoded: np.ndarray, threshold: float, instrument: str) -> np.ndarray:
-    on = decoded > threshold
-    return on if instrument == "drums" else drop_blips(on)
+def active_cells(decoded: np.ndarray, thresholds: np.ndarray, pitched: np.ndarray) -> np.ndarray:
+    """(n, 32, 128) decoder output, (n,) thresholds, (n,) pitched? -> (n, 32, 128) bool cells to play."""
+    on = decoded > thresholds[:, None, None]
+    held = np.zeros_like(on)
+    held[:, 1:] = on[:, :-1]
+    held[:, :-1] |= on[:, 1:]
+    held |= ~pitched[:, None, None]  # drums keep their one-step hits
+    return on & held
+
+
+def snap_parts_to_scale(parts: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """models.harmony.snap_to_scale on (n, 32, 128) parts at once, in place: an out-of-scale pitch
+    moves a semitone down (up where down is out of scale too), the louder step wins (tested equal)."""
+    outside = ~scale[PITCH_CLASS]  # (128,)
+    down = outside & np.roll(scale, 1)[PITCH_CLASS]  # pitch - 1 is in the scale
+    down[0] = False
+    up = np.flatnonzero(outside & ~down)
+    up = up[up < N_PITCHES - 1]  # pitch 127 has nowhere to go
+    down = np.flatnonzero(down)
+    moved_down, moved_up = parts[..., down], parts[..., up]  # copies, before any write
+    parts[..., outside] = 0.0
+    np.maximum(parts[..., down - 1], moved_down, out=moved_down)  # targets hold at most one mover each way
+    parts[..., down - 1] = moved_down
+    np.maximum(parts[..., up + 1], moved_up, out=moved_up)
+    parts[..., up + 1] = moved_up
+    return parts
 
 
 class BandEngine:
-    """The networks plus one stream's state: previous latents, controls, random stream."""
+    """The networks plus one stream's state: previous latents, controls, random stream.
+
+    `weights`: "auto" (int8 for the big decoder layers where that is fast: an AVX-512 CPU, see
+    models.fused), "float32", "int8", or "modules" (the nn modules: the reference, slow). `decode_piano`: whether `step` decodes the predicted piano
+    (row 0) by default; a caller that needs it only now and then (echo, autopilot) passes False
+    and asks `predicted_piano()` when it does. Not thread-safe: one thread steps an engine.
+    """
 
     def __init__(self, model: BandModel, styles: Mapping[str, StyleBank] | None = None,
-                 device: str | torch.device = "cpu", controls: Controls | None = None) -> None:
+                 device: str | torch.device = "cpu", controls: Controls | None = None,
+                 weights: str = "auto", decode_piano: bool = True) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
-        self.fused = FusedBand(self.model).to(self.device)  # the per-bar path: a few bmm's
+        if weights == "auto":
+            weights = "int8" if compact_weights_fast(self.device) and int8_fits(model) else "float32"
+        # the per-bar path: a few bmm's (weights="modules": the nn modules, the reference for tests and bench)
+        self.fused = (ModuleBand(self.model) if weights == "modules" else FusedBand(self.model, weights)).to(self.device)
         self.base_thresholds = [float(t) for t in model.thresholds]  # calibrated, per instrument
+        self.decode_piano = decode_piano
         self.styles = dict(styles or {})
         self.controls = Controls()
         self.generator = torch.Generator(device=self.device)
         self.last_step_ms = 0.0  # wall time of the last step, for status and benchmarks
+        self.capped_notes = 0  # notes dropped by models.limits' ceiling, for status
         self.set_controls(controls or Controls())
         self.reset()
 
@@ -61,6 +98,8 @@ class BandEngine:
         self.history: torch.Tensor | None = None  # (context, K) recent piano latent means (arch "context")
         self.dynamics = DEFAULT_DYNAMICS
         self.key = KeyTracker()
+        self._piano: np.ndarray | None = None  # row 0 of the last step, once decoded
+        self._piano_scale: np.ndarray | None = None  # the key lock the last step used
 
     def set_controls(self, controls: Controls) -> None:
         """Apply a whole setting at once; a new seed restarts the random stream."""
@@ -71,44 +110,63 @@ class BandEngine:
         self.controls = controls
         if reseed:
             self.generator.manual_seed(controls.seed)
+        # (5,) per instrument, computed once per setting rather than once per bar
+        self._thresholds = np.array([self.base_thresholds[0]] + [
+            density_threshold(controls.density[name], self.base_thresholds[i]) for i, name in enumerate(BAND, 1)])
+        self._gains = np.array([1.0] + [controls.velocity[name] for name in BAND])
+        self._playing = np.array([True] + [not controls.mute[name] for name in BAND])
 
-    def step(self, piano_bar: np.ndarray) -> np.ndarray:
+    def step(self, piano_bar: np.ndarray, decode_piano: bool | None = None) -> np.ndarray:
         """Played piano bar t (32, 128), velocity/127 -> bar t+1 (5, 32, 128).
 
         Rows are [predicted piano, guitar, bass, strings, drums]; cells are 0 or a velocity/127,
-        muted instruments are silent.
+        muted instruments are silent. Without `decode_piano` (default: the engine's setting) row 0
+        is left silent and `predicted_piano()` makes it on demand.
         """
         if piano_bar.shape != (STEPS_PER_BAR, N_PITCHES):
             raise ValueError(f"piano bar must be ({STEPS_PER_BAR}, {N_PITCHES}), got {piano_bar.shape}")
         started = time.perf_counter()
-        played = piano_bar[piano_bar > 0]
+        first = 0 if (self.decode_piano if decode_piano is None else decode_piano) else 1
+        bar = np.ascontiguousarray(piano_bar, np.float32)
+        played = bar[bar > 0]
         if played.size:
             self.dynamics = float(played.mean())
-            self.key.update(piano_bar)
-        decoded = self._decode_next(torch.from_numpy(np.ascontiguousarray(piano_bar, np.float32)))
-        out = self._binarise(decoded)
-        scale = self.key.scale_mask() if self.controls.harmony >= HARMONY_KEY else None
-        if scale is not None:
-            for i, instrument in enumerate(INSTRUMENTS):
-                if instrument != "drums":
-                    out[i] = snap_to_scale(out[i], scale)
+            self.key.update(bar)
+        decoded = self._decode_next(torch.from_numpy(bar), first)  # (5 - first, 32, 128)
+        out = np.zeros((len(INSTRUMENTS), STEPS_PER_BAR, N_PITCHES), np.float32)
+        self._binarise(decoded, out)
+        self._piano_scale = self.key.scale_mask() if self.controls.harmony >= HARMONY_KEY else None
+        if self._piano_scale is not None:
+            snap_parts_to_scale(out[first:-1], self._piano_scale)  # the pitched rows (drums are last)
+        self._piano = out[0].copy() if first == 0 else None
         self.last_step_ms = (time.perf_counter() - started) * 1000
         return out
 
+    def predicted_piano(self) -> np.ndarray:
+        """Row 0 of the last step (32, 128), decoded now if that step skipped it: for autopilot."""
+        if self._piano is None:
+            with torch.inference_mode():
+                decoded = self.fused.decode(self.previous[:1]).cpu().numpy()  # (1, 32, 128)
+            out = self._binarise_rows(decoded, np.array([0]))
+            if self._piano_scale is not None:
+                snap_parts_to_scale(out, self._piano_scale)
+            self._piano = out[0]
+        return self._piano.copy()
+
     @torch.inference_mode()
-    def _decode_next(self, piano_bar: torch.Tensor) -> np.ndarray:
+    def _decode_next(self, piano_bar: torch.Tensor, first: int = 0) -> np.ndarray:
+        """(32, 128) played bar -> (5 - first, 32, 128) decoder output for INSTRUMENTS[first:]."""
         fused, controls, config = self.fused, self.controls, self.model.config
         piano_bar = piano_bar.to(self.device)
         mean = fused.encode_piano(piano_bar)  # (K,)
         noise = torch.randn(mean.shape, generator=self.generator, device=self.device)
-        noisy = mean + controls.noise_sd * noise  # the article's noise on the latent means
-        features = piano_features(piano_bar.unsqueeze(0))[0] if config.arch == "context" else None
+        noisy = torch.add(mean, noise, alpha=controls.noise_sd)  # the article's noise on the latent means
+        features = fused.features(piano_bar) if config.arch == "context" else None
         next_piano = self._next_piano(mean, noisy, noise, features)
         band = fused.next_band(next_piano, self.previous[1:], features)  # (4, K)
         latents = self._mix_style(torch.cat([next_piano.unsqueeze(0), band]))  # (5, K)
         self.previous = latents
-        return fused.decode(latents).cpu().numpy()  # (5, 32, 128)
-
+        return fused.decode(latents[first:], first).cpu().numpy()
     def _next_piano(self, mean: torch.Tensor, noisy: torch.Tensor, noise: torch.Tensor,
                     features: torch.Tensor | None) -> torch.Tensor:
         """The predicted next piano latent, by the source training chose (BandConfig.melody_source)."""
@@ -138,33 +196,51 @@ class BandEngine:
                 mixed[i] = alpha * s.to(self.device) + (1 - alpha) * latents[i]
         return mixed
 
-    def _binarise(self, decoded: np.ndarray) -> np.ndarray:
-        """Keep cells above each instrument's threshold, at velocities that follow the pianist."""
-        out = np.zeros_like(decoded)
-        for i, instrument in enumerate(INSTRUMENTS):
-            if instrument == "piano":
-                threshold, gain = self.base_thresholds[i], 1.0
-            else:
-                if self.controls.mute[instrument]:
-                    continue
-                threshold = density_threshold(self.controls.density[instrument], self.base_thresholds[i])
-                gain = self.controls.velocity[instrument]
-            on = active_cells(decoded[i], threshold, instrument)
-            for looser in (threshold / 2, threshold / 4):  # a band keeps playing: an empty bar
-                if on.any():  # is retried at up to 4x the density before the instrument rests
-                    break
-                on, threshold = active_cells(decoded[i], looser, instrument), looser
-            # the decoder's confidence adds a little accent around the pianist's level
-            accent = 0.85 + 0.3 * (decoded[i] - threshold) / max(1e-6, 1.0 - threshold)
-            out[i][on] = np.clip(self.dynamics * gain * accent[on], 1 / 127, 1.0)
-            self.capped_notes = getattr(self, "capped_notes", 0) + cap_notes_in_place(out[i], decoded[i])
+    def _binarise(self, decoded: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Decoder output of INSTRUMENTS[5 - n:] (n, 32, 128) -> the band's cells (5, 32, 128) in `out`:
+        cells above each instrument's threshold, at velocities that follow the pianist."""
+        out = np.zeros((len(INSTRUMENTS), STEPS_PER_BAR, N_PITCHES), np.float32) if out is None else out
+        first = len(INSTRUMENTS) - len(decoded)
+        rows = np.flatnonzero(self._playing[first:]) + first  # muted instruments stay silent
+        if len(rows) == len(decoded):
+            out[first:] = self._binarise_rows(decoded, rows)
+        elif len(rows):
+            out[rows] = self._binarise_rows(decoded[rows - first], rows)
         return out
+
+    def _binarise_rows(self, decoded: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """The cells (n, 32, 128) of instruments `rows` from their decoder output (n, 32, 128)."""
+        thresholds = self._thresholds[rows]
+        pitched = PITCHED[rows]
+        on = active_cells(decoded, thresholds, pitched)
+        empty = ~on.any(axis=(1, 2))
+        for looser in RETRIES:  # a band keeps playing: an empty bar is retried at up to 4x the
+            if not empty.any():  # density before the instrument rests
+                break
+            retry = np.flatnonzero(empty)
+            thresholds[retry] = self._thresholds[rows[retry]] * looser
+            on[retry] = active_cells(decoded[retry], thresholds[retry], pitched[retry])
+            empty[retry] = ~on[retry].any(axis=(1, 2))
+        # the decoder's confidence adds a little accent around the pianist's level:
+        # velocity = dynamics * gain * (0.85 + 0.3 * (decoded - threshold) / (1 - threshold))
+        slope = self.dynamics * self._gains[rows] * 0.3 / np.maximum(1e-6, 1.0 - thresholds)
+        level = self.dynamics * self._gains[rows] * 0.85 - slope * thresholds
+        velocity = decoded * slope[:, None, None].astype(np.float32)
+        velocity += level[:, None, None].astype(np.float32)
+        np.clip(velocity, 1 / 127, 1.0, out=velocity)
+        velocity *= on
+        starts = on.copy()
+        starts[:, 1:] &= ~on[:, :-1]  # note onsets, as models.limits counts them
+        for i in np.flatnonzero(starts.sum(axis=(1, 2)) > MAX_NOTES_PER_BAR):  # rare: a decoder firing everywhere
+            self.capped_notes += cap_notes_in_place(velocity[i], decoded[i])
+        return velocity
 
     def warmup(self, steps: int = 3) -> None:
         """A few throw-away steps so the first real bar does not pay for lazy initialisation."""
         saved = (self.previous.clone(), self.generator.get_state(), self.dynamics, self.key.histogram.copy(),
-                 self.history)
+                 self.history, self._piano, self._piano_scale, self.capped_notes)
         for _ in range(steps):
             self.step(np.zeros((STEPS_PER_BAR, N_PITCHES), np.float32))
         self.previous, self.dynamics, self.key.histogram, self.history = saved[0], saved[2], saved[3], saved[4]
+        self._piano, self._piano_scale, self.capped_notes = saved[5], saved[6], saved[7]
         self.generator.set_state(saved[1])

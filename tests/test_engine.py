@@ -130,3 +130,44 @@ def test_an_empty_bar_is_retried_before_the_instrument_rests(engine):
     out = engine._binarise(decoded)
     assert out[bass, 0:4, 40].all()
     assert not out[INSTRUMENTS.index("guitar")].any()
+
+
+def test_the_band_without_the_predicted_piano_is_the_same_band(tiny_model_dir):
+    model = load_band_model(tiny_model_dir)
+    full, lean = BandEngine(model, controls=Controls(seed=3)), BandEngine(model, controls=Controls(seed=3), decode_piano=False)
+    for bar in band_song(4)[:, 0]:
+        want = full.step(bar)
+        got = lean.step(bar)
+        np.testing.assert_array_equal(got[1:], want[1:])
+        assert not got[0].any()
+        np.testing.assert_array_equal(lean.predicted_piano(), want[0])  # decoded on demand, as autopilot needs
+        np.testing.assert_array_equal(full.predicted_piano(), want[0])
+
+
+@pytest.mark.parametrize("weights", ["float32", "int8"])
+def test_fused_engine_plays_what_the_modules_play(tiny_model_dir, weights):
+    """float32: the same cells as the nn modules; int8: at most 1 % of the cells differ."""
+    if weights == "int8" and not hasattr(torch, "_weight_int8pack_mm"):
+        pytest.skip("this torch has no int8-weight matmul")
+    model = load_band_model(tiny_model_dir)
+    want = run(BandEngine(model, weights="modules", controls=Controls(seed=2)), 6)
+    got = run(BandEngine(model, weights=weights, controls=Controls(seed=2)), 6)
+    differ = np.mean((got > 0) != (want > 0))
+    assert differ == 0 if weights == "float32" else differ < 0.01
+    if weights == "float32":
+        np.testing.assert_allclose(got, want, atol=2e-6)
+
+
+def test_snapping_all_parts_at_once_equals_snap_to_scale():
+    from models.engine import snap_parts_to_scale
+    from models.harmony import KeyTracker, snap_to_scale
+
+    rng = np.random.default_rng(0)
+    parts = (rng.random((4, 32, 128)) > 0.9) * rng.random((4, 32, 128)).astype(np.float32)
+    for tonic in range(12):
+        for minor in (False, True):
+            tracker = KeyTracker()
+            tracker.key = lambda tonic=tonic, minor=minor: (tonic, minor)  # type: ignore[method-assign]
+            scale = tracker.scale_mask()
+            want = np.stack([snap_to_scale(p, scale) for p in parts])
+            np.testing.assert_array_equal(snap_parts_to_scale(parts.copy(), scale), want)

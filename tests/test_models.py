@@ -147,3 +147,53 @@ def test_parameters_are_in_every_checkpoint_tensor():
         assert f"vaes.{instrument}.log_sigma_x" in names
     assert any(n.startswith("melody.") for n in names)
     assert all(any(n.startswith(f"conditionals.{b}.") for n in names) for b in BAND)
+
+
+def test_int8_weights_stay_within_their_stated_tolerance_of_the_modules():
+    """weights="int8": the 256->2048 decoder layer in int8 (per-channel scales), 128->1024 in
+    bfloat16; decoder probabilities within 0.02 of the float modules (the shipped model: 0.005)."""
+    from models.fused import ModuleBand
+
+    torch.manual_seed(3)
+    model = BandModel(BandConfig(channels=(16, 32, 64))).eval()
+    reference, fused = ModuleBand(model), FusedBand(model, "int8")
+    latents = torch.randn(5, 16)
+    with torch.inference_mode():
+        want = reference.decode(latents)
+        torch.testing.assert_close(fused.decode(latents), want, atol=0.02, rtol=0)
+        torch.testing.assert_close(fused.decode(latents[1:], 1), want[1:], atol=0.02, rtol=0)
+
+
+def test_the_module_reference_matches_the_fused_path_piece_by_piece():
+    from models.fused import ModuleBand
+    from models.networks import piano_features
+
+    torch.manual_seed(4)
+    model = BandModel(BandConfig(channels=(16, 32, 64), arch="context")).eval()
+    reference, fused = ModuleBand(model), FusedBand(model)
+    bar = (torch.rand(32, 128) > 0.9).float() * 0.6
+    with torch.inference_mode():
+        torch.testing.assert_close(fused.encode_piano(bar), reference.encode_piano(bar))
+        torch.testing.assert_close(fused.features(bar), piano_features(bar[None])[0])
+        inputs = torch.randn(model.config.melody_inputs)
+        torch.testing.assert_close(fused.next_piano(inputs), reference.next_piano(inputs))
+        features, previous = reference.features(bar), torch.randn(4, 16)
+        torch.testing.assert_close(fused.next_band(inputs[:16], previous, features),
+                                   reference.next_band(inputs[:16], previous, features))
+        latents = torch.randn(4, 16)
+        torch.testing.assert_close(fused.decode(latents, 1), reference.decode(latents, 1))
+
+
+def test_unknown_weight_format_is_refused():
+    with pytest.raises(ValueError, match="weights='int4'"):
+        FusedBand(BandModel(BandConfig(channels=(16, 32, 64))), "int4")
+
+
+def test_int8_is_refused_where_the_kernel_cannot_read_the_layer():
+    """channels[2] = 4: _weight_int8pack_mm would read past the inputs (measured: NaN, or a crash)."""
+    from models.engine import BandEngine
+
+    model = BandModel(BandConfig(latent=8, channels=(4, 4, 4), hidden=8))
+    with pytest.raises(ValueError, match="multiple of 16"):
+        FusedBand(model, "int8")
+    assert BandEngine(model).fused.weights == "float32"  # "auto" falls back

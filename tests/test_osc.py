@@ -413,3 +413,11 @@ def test_fuzzed_datagrams_and_messages_never_stop_the_server(target: FakeTarget)
     finally:
         client.close()
         srv.stop()
+
+
+def test_learn_takes_a_control_name_and_reaches_the_target(client: Client, target: FakeTarget) -> None:
+    assert BY_ADDRESS["/vaejam/learn"].kind == "action" and BY_ADDRESS["/vaejam/learn"].types == "s"
+    client.message("/vaejam/learn", "noise_sd")
+    client.message("/vaejam/learn", 3)  # a number is no control name
+    client.status()
+    assert target.taken() == [("action", "learn", ("noise_sd",))]

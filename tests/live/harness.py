@@ -116,6 +116,8 @@ class Daemon:
         self.client = client
         cmd = [sys.executable, "-m", "bridge.cli", "run", "--model", model, "--midi-api", "jack",
                "--client-name", client, "--osc-port", "0", *extra]
+        if "--clock" not in extra:  # MIDI clock (internal until it starts): two daemons never join one Link session
+            cmd += ["--clock", "midi"]
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.lines: list[str] = []
         self.ready_line = self._wait_ready()

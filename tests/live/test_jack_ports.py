@@ -130,3 +130,40 @@ def test_input_is_read_on_our_thread_and_nothing_arrives_after_close(private_jac
     finally:
         port.close()
         sender.delete()
+
+
+def test_an_unterminated_sysex_does_not_make_the_input_deaf(private_jack) -> None:
+    """Issue 7 item 8: after `F0 7D 01` (no F7) RtMidi's JACK parser glues every later event onto
+    that sysex until one ends in F7. The port's sysex guard ends it within a few periods: the clock
+    and notes after it reach the handler, in order, and the broken sysex is counted."""
+    import rtmidi
+
+    got: list[mido.Message] = []
+    client = unique("vjin")
+    port = RtMidiInput("vaejam in", lambda msg, t: got.append(msg), "UNIX_JACK", client_name=client)
+    keys = unique("vjkeys")
+    sender = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, keys)
+    sender.open_virtual_port("keys")
+    try:
+        _connect(f"{keys}:keys", f"{client}:vaejam in")
+        deadline = time.monotonic() + 5
+        while not got and time.monotonic() < deadline:  # until the connection is live
+            sender.send_message([0xF8])
+            time.sleep(0.01)
+        assert got, "the test's connection never came up"
+        got.clear()
+        sender.send_message([0xF0, 0x7D, 0x01])
+        for pitch in range(60, 72):
+            sender.send_message([0xF8])
+            sender.send_message([0x90, pitch, 100])
+            time.sleep(0.005)
+        deadline = time.monotonic() + 5
+        while len(got) < 24 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.1)  # nothing more may come: the guard's own F7s are not messages
+        assert [m.note for m in got if m.type == "note_on"] == list(range(60, 72))
+        assert [m.type for m in got].count("clock") == 12 and len(got) == 24
+        assert port.errors.counts == {"broken_sysex": 1}
+    finally:
+        port.close()
+        sender.delete()
