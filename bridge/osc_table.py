@@ -106,7 +106,8 @@ def _engine_controls() -> list[OscAddress]:
 
 _DAEMON_CONTROLS = (
     OscAddress(f"{PREFIX}/tempo", "f", "tempo", "control", MIN_BPM, MAX_BPM, 120.0,
-               "Tempo in BPM of the internal clock (ignored while following the DAW's MIDI clock)"),
+               "Tempo in BPM of the internal clock; while Ableton Link leads, proposed to the Link session "
+               "(ignored while following the DAW's MIDI clock)"),
     OscAddress(f"{PREFIX}/latency_ms", "f", "latency_ms", "control", 0.0, 50.0, 0.0,
                "Output latency compensation: the internal and Ableton Link clocks send the band this many ms "
                "before the beat (a DAW's MIDI clock cannot be run early: use its own clock sync delay)"),
