@@ -106,7 +106,7 @@ class Daemon:
             ("OSC server", lambda: self.osc.stop(block=True)),  # type: ignore[attr-defined]
             ("MIDI input", self.midi.close_input),  # no more clock ticks: nothing scheduled after the panic
             ("session", self.session.close),  # note-offs + CC 123, take finalised, worker ended
-            ("MIDI outputs", self.midi.close),  # each JACK output drained first
+            ("MIDI outputs", self._close_outputs),  # each JACK output drained first
         )
         ok = True
         for what, step in steps:
@@ -116,6 +116,12 @@ class Daemon:
                 log.exception("shutdown: closing the %s failed", what)
                 ok = False
         return ok
+
+
+    def _close_outputs(self) -> None:
+        """Close the outputs, each JACK one sending All Notes Off again in a later cycle."""
+        all_notes_off = getattr(getattr(self.session, "scheduler", None), "all_notes_off", None)
+        self.midi.close(final=all_notes_off() if all_notes_off is not None else ())
 
 
 class Housekeeper(threading.Thread):

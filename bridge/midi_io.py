@@ -360,6 +360,9 @@ class RtMidiOutput(BaseOutput):
         self._probe: object | None = None  # JACK only: an rtmidi MidiIn connected to our port; _lock
         self.jack_name: str | None = None  # JACK only: our port's full name ("client-01:vaejam out")
         self.drained: bool | None = None  # JACK only, after close: whether the marker was seen
+        # JACK only: raw messages sent once more at close, in a later process cycle than everything
+        # before them (the release: see _drain_jack); set by MidiIO.close
+        self.final: tuple[Sequence[int], ...] = ()
         super().__init__(name)
 
     def _open(self) -> None:
@@ -429,12 +432,19 @@ class RtMidiOutput(BaseOutput):
         The first shows that the ring buffer was emptied into the port in some cycle N; the
         second, sent only then, comes out in a later cycle, so every reader has finished cycle N
         before the port goes (the echo may run before other readers within a cycle). One marker
-        each: the echo has been connected since the port opened, and JACK keeps the order."""
+        each: the echo has been connected since the port opened, and JACK keeps the order.
+        `final` (the All Notes Off) goes out again with the second marker: on an xrun, JACK runs
+        the next cycle before every client has finished, and a reader can then get a whole
+        cycle's MIDI garbled or lost (seen under load: the release lost, the marker after it
+        heard), so the release travels in two cycles."""
         probe = self._probe
         while probe.get_message() is not None:  # type: ignore[attr-defined]
             pass  # a full echo queue would drop the marker
         deadline = self._clock() + DRAIN_TIMEOUT_S
-        for _ in range(2):
+        for marker in range(2):
+            if marker:
+                for data in self.final:
+                    self._rt.send_message(list(data))
             self._rt.send_message([ACTIVE_SENSING])
             while True:
                 event = probe.get_message()  # type: ignore[attr-defined]
@@ -763,11 +773,16 @@ class MidiIO:
         counts.update(self.server_events.counts)
         return counts
 
-    def close(self) -> None:
-        """Close every port (input first, so no callback runs during shutdown); safe twice."""
+    def close(self, final: Sequence[mido.Message] = ()) -> None:
+        """Close every port (input first, so no callback runs during shutdown); safe twice.
+        `final`: messages each JACK output sends once more as it closes (the daemon's All Notes
+        Off), in a later JACK cycle than the rest (RtMidiOutput._drain_jack says why)."""
         with self._lock:
             ports: list[BasePort] = ([self.input] if self.input is not None else []) + list(self.outputs.values())
             self.input, self.outputs = None, {}
+        for port in ports:
+            if isinstance(port, RtMidiOutput):
+                port.final = tuple(msg.bytes() for msg in final)
         for port in ports:
             try:
                 port.close()

@@ -135,6 +135,11 @@ class NoteScheduler:
                 self._pending = [p for p in self._pending if p.instrument != instrument]
                 heapq.heapify(self._pending)
 
+    def all_notes_off(self) -> list[mido.Message]:
+        """All Notes Off on every channel we use, once each (what the daemon repeats as it exits)."""
+        return [mido.Message("control_change", channel=channel, control=CC_ALL_NOTES_OFF, value=0)
+                for channel in sorted(set(self._channels.values()))]
+
     def panic(self) -> None:
         """release(), then All Notes Off and All Sound Off on every channel we use (for hung notes
         that are not ours to know, e.g. from before a crash)."""

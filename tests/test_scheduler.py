@@ -242,3 +242,9 @@ def test_any_schedule_pairs_every_note_on_with_one_note_off(
         s.on_step(step)
         hanging(out)  # raises on a double note-on or a stray note-off
     assert s.sounding() == set() and hanging(out) == set()
+
+
+def test_all_notes_off_names_each_channel_in_use_once() -> None:
+    """What the daemon sends again as its JACK outputs close (a release that survives an xrun)."""
+    scheduler = NoteScheduler(lambda instrument, msg: None, {"guitar": 1, "bass": 2, "piano": 1, "drums": 9})
+    assert [(m.channel, m.control, m.value) for m in scheduler.all_notes_off()] == [(1, 123, 0), (2, 123, 0), (9, 123, 0)]

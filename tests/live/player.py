@@ -70,10 +70,15 @@ def first_of_each_step(client: Client, received: Sequence[Received]) -> list[Rec
 
 
 def unpaired_notes(received: Sequence[Received]) -> list[tuple[int, int]]:
-    """(channel, pitch) whose last note-on has no note-off after it."""
+    """(channel, pitch) whose last note-on has no note-off after it. All Notes Off (CC 123) ends
+    every note of its channel, as it does in a synth or a DAW."""
     sounding: dict[tuple[int, int], int] = {}
     for r in received:
         msg = r.msg
+        if msg.type == "control_change" and msg.control == 123:
+            for key in [k for k in sounding if k[0] == msg.channel]:
+                sounding[key] = 0
+            continue
         if msg.type not in ("note_on", "note_off"):
             continue
         key = (msg.channel, msg.note)

@@ -76,11 +76,14 @@ def test_a_jack_output_closes_only_after_its_last_messages_left(private_jack) ->
         for pitch in range(40, 60):
             out.send(mido.Message("note_on", note=pitch, velocity=100))
             out.send(mido.Message("note_off", note=pitch))
+        all_notes_off = mido.Message("control_change", channel=3, control=123, value=0)
+        out.final = (all_notes_off.bytes(),)  # sent again at close, in a later cycle
         out.close()
         assert out.drained is True
         sink.wait_ended(5.0)
         notes = [r.msg for r in sink.received[before:] if r.msg.type in ("note_on", "note_off")]
         assert [(m.type, m.note) for m in notes] == [(kind, p) for p in range(40, 60) for kind in ("note_on", "note_off")]
+        assert sink.received[-1].msg == all_notes_off  # the repeated release came last
     finally:
         out.close()
         sink.close()
