@@ -27,9 +27,10 @@ POLL_S = 0.1
 PROBE_TIMEOUT_S = 5.0
 STOP_TIMEOUT_S = 5.0
 
-# Opens and closes one client on the server named by JACK_DEFAULT_SERVER, never starting one;
-# exit 0: it answers, 1: it does not, 3: no libjack. Fixed arguments only (no variadic call).
-_PROBE = """
+# The start of every child-process script that asks libjack something: opens one client named
+# CLIENT on the server named by JACK_DEFAULT_SERVER, never starting one; exit 1: no server, 3: no
+# libjack. Fixed arguments only (no variadic call). bridge.jack_watch uses it too.
+OPEN_CLIENT = """
 import ctypes, ctypes.util, sys
 lib = ctypes.util.find_library("jack")
 if lib is None:
@@ -39,11 +40,13 @@ jack.jack_client_open.restype = ctypes.c_void_p
 jack.jack_client_open.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.POINTER(ctypes.c_int)]
 jack.jack_client_close.argtypes = [ctypes.c_void_p]
 status = ctypes.c_int(0)
-client = jack.jack_client_open(b"vaejam-probe", 1, ctypes.byref(status))  # 1 = JackNoStartServer
+client = jack.jack_client_open(CLIENT, 1, ctypes.byref(status))  # 1 = JackNoStartServer
 if not client:
     sys.exit(1)
-jack.jack_client_close(client)
 """
+
+# exit 0: the server answers
+_PROBE = 'CLIENT = b"vaejam-probe"' + OPEN_CLIENT + "jack.jack_client_close(client)\n"
 
 
 class JackStartError(OSError):

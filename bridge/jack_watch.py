@@ -8,27 +8,14 @@ import os
 import subprocess
 import sys
 
-from bridge.jack_server import server_name
+from bridge.jack_server import OPEN_CLIENT, server_name
 
 PROBE_TIMEOUT_S = 3.0
 
-# Prints every port of the server named by JACK_DEFAULT_SERVER, never starting one; exit 1: no
-# server, 3: no libjack. Fixed arguments only (no variadic call).
-_LIST_PORTS = """
-import ctypes, ctypes.util, sys
-lib = ctypes.util.find_library("jack")
-if lib is None:
-    sys.exit(3)
-jack = ctypes.CDLL(lib)
-jack.jack_client_open.restype = ctypes.c_void_p
-jack.jack_client_open.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.POINTER(ctypes.c_int)]
+# Prints every port of the server (OPEN_CLIENT's exit codes otherwise).
+_LIST_PORTS = 'CLIENT = b"vaejam-watch"' + OPEN_CLIENT + """
 jack.jack_get_ports.restype = ctypes.POINTER(ctypes.c_char_p)
 jack.jack_get_ports.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong]
-jack.jack_client_close.argtypes = [ctypes.c_void_p]
-status = ctypes.c_int(0)
-client = jack.jack_client_open(b"vaejam-watch", 1, ctypes.byref(status))  # 1 = JackNoStartServer
-if not client:
-    sys.exit(1)
 ports = jack.jack_get_ports(client, None, None, 0)
 i = 0
 while ports and ports[i]:

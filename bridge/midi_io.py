@@ -663,10 +663,7 @@ class MidiIO:
         log.warning("JACK server went away: MIDI ports closed; they reopen when a server of that name is back")
         self.server_events.event("server_lost", "JACK server lost", logging.DEBUG)
         self.server_ok = False
-        with self._lock:
-            ports: list[BasePort] = ([self.input] if self.input is not None else []) + list(self.outputs.values())
-            self.input, self.outputs = None, {}
-        self._close_ports(ports, abandon=True)
+        self._close_ports(self._take_ports(), abandon=True)
 
     def _reopen_after_server(self) -> bool:
         """Every port under its old name; a named peer not back yet is left to the watchers."""
@@ -698,6 +695,14 @@ class MidiIO:
         self.server_events.event("server_back", "JACK server back", logging.DEBUG)
         log.warning("JACK server is back: MIDI ports %s reopened", ", ".join(repr(p.name) for p in opened))
         return True
+
+    def _take_ports(self) -> list[BasePort]:
+        """Every open port, input first (so no message arrives while the rest close); the
+        attributes are emptied, so no sender finds a port that is closing."""
+        with self._lock:
+            ports: list[BasePort] = ([self.input] if self.input is not None else []) + list(self.outputs.values())
+            self.input, self.outputs = None, {}
+        return ports
 
     def _close_ports(self, ports: list[BasePort], abandon: bool = False) -> None:
         for port in ports:
@@ -777,20 +782,11 @@ class MidiIO:
         """Close every port (input first, so no callback runs during shutdown); safe twice.
         `final`: messages each JACK output sends once more as it closes (the daemon's All Notes
         Off), in a later JACK cycle than the rest (RtMidiOutput._drain_jack says why)."""
-        with self._lock:
-            ports: list[BasePort] = ([self.input] if self.input is not None else []) + list(self.outputs.values())
-            self.input, self.outputs = None, {}
+        ports = self._take_ports()
         for port in ports:
             if isinstance(port, RtMidiOutput):
                 port.final = tuple(msg.bytes() for msg in final)
-        for port in ports:
-            try:
-                port.close()
-            except Exception as err:  # noqa: BLE001 - closing the others matters more
-                log.warning("closing %s failed: %r", port.name, err)
-        if self._ports_lister is not None:
-            self._ports_lister.close()
-            self._ports_lister = None
+        self._close_ports(ports)
 
 
 def channel_map(text: str, defaults: Mapping[str, int]) -> dict[str, int]:

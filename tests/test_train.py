@@ -51,24 +51,30 @@ def test_training_lowers_every_loss(corpus_dir, tmp_path):
     assert (tmp_path / "training.png").stat().st_size > 1000
 
 
-def test_resume_continues_exactly(corpus_dir, tmp_path, monkeypatch):
-    straight = tmp_path / "straight"
-    train(config(corpus_dir, straight, vae_epochs=3, nn_epochs=2))
-    resumed = tmp_path / "resumed"
+def train_killed_then_resumed(cfg: TrainConfig, monkeypatch, saves_before_kill: int) -> None:
+    """Train until the given checkpoint, stop as a killed process would, then train again."""
     saves = []
     real_save = training.train.save_state
 
-    def save_then_die(*args):  # the process is killed right after the 2nd epoch's checkpoint
+    def save_then_die(*args):
         real_save(*args)
         saves.append(1)
-        if len(saves) == 2:
+        if len(saves) == saves_before_kill:
             raise KeyboardInterrupt
 
     monkeypatch.setattr(training.train, "save_state", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        train(config(corpus_dir, resumed, vae_epochs=3, nn_epochs=2))
+        train(cfg)
     monkeypatch.setattr(training.train, "save_state", real_save)
-    train(config(corpus_dir, resumed, vae_epochs=3, nn_epochs=2))  # picks up at VAE epoch 3
+    train(cfg)
+
+
+def test_resume_continues_exactly(corpus_dir, tmp_path, monkeypatch):
+    straight = tmp_path / "straight"
+    train(config(corpus_dir, straight, vae_epochs=3, nn_epochs=2))
+    resumed = tmp_path / "resumed"
+    # the process is killed right after the 2nd epoch's checkpoint; the rerun picks up at VAE epoch 3
+    train_killed_then_resumed(config(corpus_dir, resumed, vae_epochs=3, nn_epochs=2), monkeypatch, 2)
     a, b = load_band_model(straight).state_dict(), load_band_model(resumed).state_dict()
     for name in a:
         torch.testing.assert_close(a[name], b[name], msg=name)
@@ -134,20 +140,8 @@ def test_context_arch_resumes_exactly_after_the_melody_stage(corpus_dir, tmp_pat
     straight = tmp_path / "straight"
     train(config(corpus_dir, straight, **cfg))
     resumed = tmp_path / "resumed"
-    saves = []
-    real_save = training.train.save_state
-
-    def save_then_die(*args):  # killed after stage 3's first epoch (checkpoints 2 + 2 + 1)
-        real_save(*args)
-        saves.append(1)
-        if len(saves) == 5:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(training.train, "save_state", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        train(config(corpus_dir, resumed, **cfg))
-    monkeypatch.setattr(training.train, "save_state", real_save)
-    train(config(corpus_dir, resumed, **cfg))
+    # killed after stage 3's first epoch (checkpoints 2 + 2 + 1)
+    train_killed_then_resumed(config(corpus_dir, resumed, **cfg), monkeypatch, 5)
     a, b = load_band_model(straight), load_band_model(resumed)
     assert a.config == b.config
     for name, tensor in a.state_dict().items():
