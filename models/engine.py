@@ -62,25 +62,23 @@ def snap_parts_to_scale(parts: np.ndarray, scale: np.ndarray) -> np.ndarray:
     return parts
 
 
-class BandEngine:
-    """The networks plus one stream's state: previous latents, controls, random stream.
+class BarEngine:
+    """One played piano bar in, the band's next bar out: what every system behind `step` shares.
 
-    `weights`: "auto" (int8 for the big decoder layers where that is fast: an AVX-512 CPU, see
-    models.fused), "float32", "int8", or "modules" (the nn modules: the reference, slow). `decode_piano`: whether `step` decodes the predicted piano
-    (row 0) by default; a caller that needs it only now and then (echo, autopilot) passes False
-    and asks `predicted_piano()` when it does. Not thread-safe: one thread steps an engine.
+    A subclass brings the networks (`_decode_next`: decoder output in [0, 1] per cell) and its
+    memory of earlier bars; this class does everything after the network, the same way for every
+    system (thresholds and density, retries, velocities that follow the pianist, mutes, the note
+    cap, key lock), so VAE-NN and the baselines (models.baselines) are compared on equal terms.
+    `decode_piano`: whether `step` decodes the predicted piano (row 0) by default; a caller that
+    needs it only now and then (echo, autopilot) passes False and asks `predicted_piano()`.
+    Not thread-safe: one thread steps an engine.
     """
 
-    def __init__(self, model: BandModel, styles: Mapping[str, StyleBank] | None = None,
+    def __init__(self, thresholds: list[float], styles: Mapping[str, StyleBank] | None = None,
                  device: str | torch.device = "cpu", controls: Controls | None = None,
-                 weights: str = "auto", decode_piano: bool = True) -> None:
+                 decode_piano: bool = True) -> None:
         self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
-        if weights == "auto":
-            weights = "int8" if compact_weights_fast(self.device) and int8_fits(model) else "float32"
-        # the per-bar path: a few bmm's (weights="modules": the nn modules, the reference for tests and bench)
-        self.fused = (ModuleBand(self.model) if weights == "modules" else FusedBand(self.model, weights)).to(self.device)
-        self.base_thresholds = [float(t) for t in model.thresholds]  # calibrated, per instrument
+        self.base_thresholds = [float(t) for t in thresholds]  # calibrated, per instrument
         self.decode_piano = decode_piano
         self.styles = dict(styles or {})
         self.controls = Controls()
@@ -93,14 +91,33 @@ class BandEngine:
     def reset(self, seed: int | None = None) -> None:
         """Forget the band's previous bars and restart the random stream."""
         self.generator.manual_seed(self.controls.seed if seed is None else seed)
-        # (5, K): the latent each instrument played last; at first a typical training bar's
-        self.previous = self.model.initial_latents.detach().clone().to(self.device)
-        self.history: torch.Tensor | None = None  # (context, K) recent piano latent means (arch "context")
         self.dynamics = DEFAULT_DYNAMICS
         self.key = KeyTracker()
         self._piano: np.ndarray | None = None  # row 0 of the last step, once decoded
         self._piano_scale: np.ndarray | None = None  # the key lock the last step used
+        self._reset_stream()
 
+    # ---- what a system brings
+    def _reset_stream(self) -> None:
+        """Forget the networks' memory of earlier bars."""
+
+    def _stream_state(self) -> object:
+        """A copy of the networks' memory of earlier bars, for warmup to put back."""
+        return None
+
+    def _restore_stream_state(self, state: object) -> None:
+        """Put back what `_stream_state` returned."""
+
+    def _decode_next(self, piano_bar: torch.Tensor, first: int = 0) -> np.ndarray:
+        """(32, 128) played bar (velocity/127, on CPU) -> (5 - first, 32, 128) float32 in [0, 1]
+        for INSTRUMENTS[first:]: the next bar's parts before thresholds."""
+        raise NotImplementedError
+
+    def _decode_predicted_piano(self) -> np.ndarray:
+        """(1, 32, 128) in [0, 1]: the last step's predicted piano, when that step skipped it."""
+        raise NotImplementedError
+
+    # ---- shared by every system
     def set_controls(self, controls: Controls) -> None:
         """Apply a whole setting at once; a new seed restarts the random stream."""
         if controls.style and controls.style not in self.styles:
@@ -146,55 +163,12 @@ class BandEngine:
         """Row 0 of the last step (32, 128), decoded now if that step skipped it: for autopilot."""
         if self._piano is None:
             with torch.inference_mode():
-                decoded = self.fused.decode(self.previous[:1]).cpu().numpy()  # (1, 32, 128)
+                decoded = self._decode_predicted_piano()  # (1, 32, 128)
             out = self._binarise_rows(decoded, np.array([0]))
             if self._piano_scale is not None:
                 snap_parts_to_scale(out, self._piano_scale)
             self._piano = out[0]
         return self._piano.copy()
-
-    @torch.inference_mode()
-    def _decode_next(self, piano_bar: torch.Tensor, first: int = 0) -> np.ndarray:
-        """(32, 128) played bar -> (5 - first, 32, 128) decoder output for INSTRUMENTS[first:]."""
-        fused, controls, config = self.fused, self.controls, self.model.config
-        piano_bar = piano_bar.to(self.device)
-        mean = fused.encode_piano(piano_bar)  # (K,)
-        noise = torch.randn(mean.shape, generator=self.generator, device=self.device)
-        noisy = torch.add(mean, noise, alpha=controls.noise_sd)  # the article's noise on the latent means
-        features = fused.features(piano_bar) if config.arch == "context" else None
-        next_piano = self._next_piano(mean, noisy, noise, features)
-        band = fused.next_band(next_piano, self.previous[1:], features)  # (4, K)
-        latents = self._mix_style(torch.cat([next_piano.unsqueeze(0), band]))  # (5, K)
-        self.previous = latents
-        return fused.decode(latents[first:], first).cpu().numpy()
-    def _next_piano(self, mean: torch.Tensor, noisy: torch.Tensor, noise: torch.Tensor,
-                    features: torch.Tensor | None) -> torch.Tensor:
-        """The predicted next piano latent, by the source training chose (BandConfig.melody_source)."""
-        config = self.model.config
-        if config.melody_source == "current":
-            return noisy
-        if config.melody_source == "mean":
-            return self.model.initial_latents[0] + self.controls.noise_sd * noise
-        if config.arch == "article":
-            return self.fused.next_piano(noisy)
-        if self.history is None:  # the first bar: as training pads a song's start, with itself
-            self.history = mean.expand(config.context, -1).clone()
-        self.history = torch.cat([self.history[1:], mean.unsqueeze(0)])  # (context, K), clean means
-        inputs = torch.cat([self.history[:-1].flatten(), noisy, features])
-        return self.fused.next_piano(inputs)
-
-    def _mix_style(self, latents: torch.Tensor) -> torch.Tensor:
-        """z' = alpha * s + (1 - alpha) * z per instrument (the original code mixed only the piano)."""
-        if not self.controls.style:
-            return latents
-        drawn = sample_style(self.styles[self.controls.style], self.generator)
-        alpha = self.controls.alpha
-        mixed = latents.clone()
-        for i, instrument in enumerate(INSTRUMENTS):
-            s = drawn[instrument]
-            if s is not None:
-                mixed[i] = alpha * s.to(self.device) + (1 - alpha) * latents[i]
-        return mixed
 
     def _binarise(self, decoded: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Decoder output of INSTRUMENTS[5 - n:] (n, 32, 128) -> the band's cells (5, 32, 128) in `out`:
@@ -237,10 +211,88 @@ class BandEngine:
 
     def warmup(self, steps: int = 3) -> None:
         """A few throw-away steps so the first real bar does not pay for lazy initialisation."""
-        saved = (self.previous.clone(), self.generator.get_state(), self.dynamics, self.key.histogram.copy(),
-                 self.history, self._piano, self._piano_scale, self.capped_notes)
+        saved = (self._stream_state(), self.generator.get_state(), self.dynamics, self.key.histogram.copy(),
+                 self._piano, self._piano_scale, self.capped_notes)
         for _ in range(steps):
             self.step(np.zeros((STEPS_PER_BAR, N_PITCHES), np.float32))
-        self.previous, self.dynamics, self.key.histogram, self.history = saved[0], saved[2], saved[3], saved[4]
-        self._piano, self._piano_scale, self.capped_notes = saved[5], saved[6], saved[7]
+        self._restore_stream_state(saved[0])
+        self.dynamics, self.key.histogram = saved[2], saved[3]
+        self._piano, self._piano_scale, self.capped_notes = saved[4], saved[5], saved[6]
         self.generator.set_state(saved[1])
+
+
+class BandEngine(BarEngine):
+    """VAE-NN, the article's system: its networks plus one stream's previous latents.
+
+    `weights`: "auto" (int8 for the big decoder layers where that is fast: an AVX-512 CPU, see
+    models.fused), "float32", "int8", or "modules" (the nn modules: the reference, slow).
+    """
+
+    def __init__(self, model: BandModel, styles: Mapping[str, StyleBank] | None = None,
+                 device: str | torch.device = "cpu", controls: Controls | None = None,
+                 weights: str = "auto", decode_piano: bool = True) -> None:
+        device = torch.device(device)
+        self.model = model.to(device).eval()
+        if weights == "auto":
+            weights = "int8" if compact_weights_fast(device) and int8_fits(model) else "float32"
+        # the per-bar path: a few bmm's (weights="modules": the nn modules, the reference for tests and bench)
+        self.fused = (ModuleBand(self.model) if weights == "modules" else FusedBand(self.model, weights)).to(device)
+        super().__init__(model.thresholds.tolist(), styles, device, controls, decode_piano)
+
+    def _reset_stream(self) -> None:
+        # (5, K): the latent each instrument played last; at first a typical training bar's
+        self.previous = self.model.initial_latents.detach().clone().to(self.device)
+        self.history: torch.Tensor | None = None  # (context, K) recent piano latent means (arch "context")
+
+    def _stream_state(self) -> object:
+        return self.previous.clone(), self.history
+
+    def _restore_stream_state(self, state: object) -> None:
+        self.previous, self.history = state  # type: ignore[misc]
+
+    def _decode_predicted_piano(self) -> np.ndarray:
+        return self.fused.decode(self.previous[:1]).cpu().numpy()
+
+    @torch.inference_mode()
+    def _decode_next(self, piano_bar: torch.Tensor, first: int = 0) -> np.ndarray:
+        """(32, 128) played bar -> (5 - first, 32, 128) decoder output for INSTRUMENTS[first:]."""
+        fused, controls, config = self.fused, self.controls, self.model.config
+        piano_bar = piano_bar.to(self.device)
+        mean = fused.encode_piano(piano_bar)  # (K,)
+        noise = torch.randn(mean.shape, generator=self.generator, device=self.device)
+        noisy = torch.add(mean, noise, alpha=controls.noise_sd)  # the article's noise on the latent means
+        features = fused.features(piano_bar) if config.arch == "context" else None
+        next_piano = self._next_piano(mean, noisy, noise, features)
+        band = fused.next_band(next_piano, self.previous[1:], features)  # (4, K)
+        latents = self._mix_style(torch.cat([next_piano.unsqueeze(0), band]))  # (5, K)
+        self.previous = latents
+        return fused.decode(latents[first:], first).cpu().numpy()
+
+    def _next_piano(self, mean: torch.Tensor, noisy: torch.Tensor, noise: torch.Tensor,
+                    features: torch.Tensor | None) -> torch.Tensor:
+        """The predicted next piano latent, by the source training chose (BandConfig.melody_source)."""
+        config = self.model.config
+        if config.melody_source == "current":
+            return noisy
+        if config.melody_source == "mean":
+            return self.model.initial_latents[0] + self.controls.noise_sd * noise
+        if config.arch == "article":
+            return self.fused.next_piano(noisy)
+        if self.history is None:  # the first bar: as training pads a song's start, with itself
+            self.history = mean.expand(config.context, -1).clone()
+        self.history = torch.cat([self.history[1:], mean.unsqueeze(0)])  # (context, K), clean means
+        inputs = torch.cat([self.history[:-1].flatten(), noisy, features])
+        return self.fused.next_piano(inputs)
+
+    def _mix_style(self, latents: torch.Tensor) -> torch.Tensor:
+        """z' = alpha * s + (1 - alpha) * z per instrument (the original code mixed only the piano)."""
+        if not self.controls.style:
+            return latents
+        drawn = sample_style(self.styles[self.controls.style], self.generator)
+        alpha = self.controls.alpha
+        mixed = latents.clone()
+        for i, instrument in enumerate(INSTRUMENTS):
+            s = drawn[instrument]
+            if s is not None:
+                mixed[i] = alpha * s.to(self.device) + (1 - alpha) * latents[i]
+        return mixed

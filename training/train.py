@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from models.bars import BAND, INSTRUMENTS
 from models.checkpoint import check_state, save_band_model
+from models.baselines import BASELINES
 from models.networks import BandConfig, BandModel, count_parameters, piano_features
 from training.corpus import Corpus, load_corpus
 
@@ -518,9 +519,11 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--channels", default="64,128,256", help="VAE conv widths")
     parser.add_argument("--likelihood", default="gaussian", choices=("gaussian", "bernoulli"),
                         help="VAE pixel likelihood")
-    parser.add_argument("--arch", default="context", choices=("context", "article"),
+    parser.add_argument("--arch", default="context", choices=("context", "article") + tuple(BASELINES),
                         help="context: MelodyNN sees the last --context piano bars and the piano's chroma, "
-                             "ConditionalNNs learn from its predictions; article: the paper's exact path")
+                             "ConditionalNNs learn from its predictions; article: the paper's exact path; "
+                             "the others are the article's baselines (models.baselines)")
+    parser.add_argument("--epochs", type=int, default=20, help="training epochs of a baseline --arch")
     parser.add_argument("--context", type=int, default=4, help="piano bars MelodyNN sees (arch context)")
     parser.add_argument("--max-bars", type=int, default=None, help="use at most this many training bars")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/train_state")
@@ -541,6 +544,9 @@ def _train_command(args: argparse.Namespace) -> int:
         raise ValueError("--threads must be >= 0")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.arch in BASELINES:
+        from training.baselines import train_baseline
+        return train_baseline(args)
     channels = tuple(int(c) for c in args.channels.split(","))
     model = BandConfig(latent=args.latent, channels=channels, likelihood=args.likelihood, arch=args.arch,
                        context=args.context).to_dict()
