@@ -96,6 +96,10 @@ class BasePort:
             self.closed = True
             self._close()
 
+    def is_live(self, timeout_s: float = 0.0) -> bool:
+        """Whether messages really move through the port (JACK ports check: see MidiIO._open_live)."""
+        return True
+
     def __enter__(self) -> "BasePort":
         return self
 
@@ -214,6 +218,8 @@ class MemoryOutput(BaseOutput):
 INPUT_POLL_S = 0.0005  # how often the input thread looks in RtMidi's queue: well under a JACK period
 SYSEX_GUARD_S = 0.02  # JACK input silent this long: the guard sends F7, ending any sysex left open
 SERVER_SILENT_S = 1.5  # JACK input deaf to its own guard this long: is the server still there?
+LIVE_TIMEOUT_S = 1.0  # a new JACK port must hear its own loopback this soon (about 200 periods)
+LIVE_ATTEMPTS = 3  # new JACK clients tried for a port whose process callback never runs
 DRAIN_TIMEOUT_S = 2.0  # longest wait for a JACK output's last messages to be seen leaving it
 ACTIVE_SENSING = 0xFE  # the drain marker; also tells hardware synths "connection gone, release voices"
 
@@ -258,6 +264,7 @@ class RtMidiInput(BaseInput):
         self._guard: object | None = None  # JACK only: an rtmidi MidiOut into our port; poll thread only
         self.jack_name: str | None = None  # JACK only: our port's full name ("vaejam:vaejam in")
         self.heard_at = clock()  # when the poll thread last read anything (the guard's F7 included)
+        self.heard = threading.Event()  # set by the poll thread once it has read anything
         super().__init__(name, handler, clock)
 
     def _open(self) -> None:
@@ -312,11 +319,17 @@ class RtMidiInput(BaseInput):
                 time.sleep(INPUT_POLL_S)
                 continue
             self.heard_at = now = self._clock()
+            self.heard.set()
             times = batch_times([delta for _, delta in batch], now)
             for (data, _), t in zip(batch, times):
                 if self._halt.is_set():
                     return
                 self.deliver(data, t)
+
+    def is_live(self, timeout_s: float = LIVE_TIMEOUT_S) -> bool:
+        """Whether JACK runs our client: the port heard its own guard (True without a guard: on
+        other APIs there is nothing to check, and nothing to fear). See MidiIO._open_live."""
+        return self._guard is None or self.heard.wait(timeout_s)
 
     def silent_for(self, now: float) -> float | None:
         """Seconds since the port last heard anything; None without a guard (silence means nothing)."""
@@ -410,6 +423,23 @@ class RtMidiOutput(BaseOutput):
             return
         probe.ignore_types(sysex=True, timing=True, active_sense=False)  # type: ignore[attr-defined]
         probe.open_port(ports.index(self.jack_name), "echo")  # type: ignore[attr-defined]
+
+    def is_live(self, timeout_s: float = LIVE_TIMEOUT_S) -> bool:
+        """Whether JACK runs our client: an Active Sensing marker sent now reaches our echo (True
+        without an echo). Sent before any note, so a synth that hears it has nothing to release."""
+        with self._lock:
+            probe = self._probe
+            if probe is None:
+                return True
+            self._rt.send_message([ACTIVE_SENSING])
+            deadline = self._clock() + timeout_s
+            while self._clock() < deadline:
+                event = probe.get_message()  # type: ignore[attr-defined]
+                if event is not None and event[0] == [ACTIVE_SENSING]:
+                    return True
+                if event is None:
+                    time.sleep(0.001)
+            return False
 
     def abandon(self) -> None:
         """Close without waiting for the last messages: the server is gone, nothing leaves any more."""
@@ -562,7 +592,7 @@ class MidiIO:
             raise MidiPortError(f"{api} has no virtual ports: pass --in-port and --out-port (e.g. loopMIDI names)")
         self.input = self._open_input(api)
         for key, name, virtual in self._output_specs():
-            self.outputs[key] = RtMidiOutput(name, api, virtual=virtual, client_name=opts.client_name)
+            self.outputs[key] = self._open_output(api, name, virtual)
         per_instrument = opts.port_per_instrument and opts.out_port is None
         self._routes = {i: i if per_instrument else "out" for i in self._instruments}
 
@@ -578,9 +608,30 @@ class MidiIO:
     def _open_input(self, api: str) -> BaseInput:
         client = self.options.client_name
         if self.options.in_port is None:
-            return RtMidiInput(IN_PORT_NAME, self._handler, api, client_name=client, clock=self._clock)
-        return RtMidiInput(self.options.in_port, self._handler, api, virtual=False, client_name=client,
-                           clock=self._clock)
+            return self._open_live(lambda: RtMidiInput(IN_PORT_NAME, self._handler, api, client_name=client,
+                                                       clock=self._clock))
+        return self._open_live(lambda: RtMidiInput(self.options.in_port, self._handler, api, virtual=False,
+                                                   client_name=client, clock=self._clock))
+
+    def _open_output(self, api: str, name: str, virtual: bool) -> BaseOutput:
+        return self._open_live(lambda: RtMidiOutput(name, api, virtual=virtual, client_name=self.options.client_name))
+
+    def _open_live(self, open_port: Callable[[], BasePort]) -> BasePort:
+        """A port whose messages really move. A JACK client opened while other clients come and go
+        on the server can come up with its process callback never called (jackd logs "client ...
+        was not finished, state = Triggered" every cycle; 3 of 25 opens with a jack_lsp loop
+        running beside, in libjack, whatever our order of calls): the port exists, is connected,
+        and stays deaf or mute for good. Each JACK port proves itself through its own loopback
+        (the input's guard, the output's echo) before use; a dead one is closed and its client
+        opened anew."""
+        for attempt in range(1, LIVE_ATTEMPTS + 1):
+            port = open_port()
+            if port.is_live(LIVE_TIMEOUT_S):
+                return port
+            self.server_events.event("dead_port", f"{port.name}: JACK never ran its client (attempt {attempt} "
+                                                  f"of {LIVE_ATTEMPTS}); opening a new one")
+            self._close_ports([port], abandon=True)
+        raise MidiPortError(f"{port.name}: JACK never ran its client in {LIVE_ATTEMPTS} attempts")
 
     @property
     def input_name(self) -> str:
@@ -652,7 +703,7 @@ class MidiIO:
             return self.server_ok
         if self.server_ok:
             if ports is not None and port.jack_name in ports:
-                self.server_events.event("input_silent", f"{port.name}: deaf to its own sysex guard for {silent:.1f} s")
+                self._reopen_deaf_input(port, silent)
                 return True
             self._server_lost()
         return ports is not None and self._reopen_after_server()
@@ -664,6 +715,7 @@ class MidiIO:
         self.server_events.event("server_lost", "JACK server lost", logging.DEBUG)
         self.server_ok = False
         self._close_ports(self._take_ports(), abandon=True)
+        self._close_lister()
 
     def _reopen_after_server(self) -> bool:
         """Every port under its old name; a named peer not back yet is left to the watchers."""
@@ -680,7 +732,7 @@ class MidiIO:
             outputs: dict[str, BaseOutput] = {}
             for key, name, virtual in self._output_specs():
                 try:
-                    outputs[key] = RtMidiOutput(name, self.api, virtual=virtual, client_name=self.options.client_name)
+                    outputs[key] = self._open_output(self.api, name, virtual)
                     opened.append(outputs[key])
                 except MidiPortError:
                     if virtual:
@@ -695,6 +747,24 @@ class MidiIO:
         self.server_events.event("server_back", "JACK server back", logging.DEBUG)
         log.warning("JACK server is back: MIDI ports %s reopened", ", ".join(repr(p.name) for p in opened))
         return True
+
+    def _reopen_deaf_input(self, port: RtMidiInput, silent: float) -> None:
+        """The server holds our input but JACK stopped running its client (the input is deaf to its
+        own guard): the input gets a new client; outputs stay, so no sounding note loses its note-off."""
+        self.server_events.event("input_silent", f"{port.name}: deaf to its own sysex guard for {silent:.1f} s; "
+                                                 "reopening it")
+        with self._lock:
+            if self.input is not port:
+                return
+            self.input = None
+        self._close_ports([port])
+        try:
+            reopened = self._open_input(self.api)
+        except MidiPortError as err:
+            self.server_events.event("reopen_failed", f"{port.name}: could not reopen: {err}")
+            return
+        with self._lock:
+            self.input = reopened
 
     def _take_ports(self) -> list[BasePort]:
         """Every open port, input first (so no message arrives while the rest close); the
@@ -713,6 +783,8 @@ class MidiIO:
                     port.close()
             except Exception as err:  # noqa: BLE001 - closing the others matters more
                 log.warning("closing %s failed: %r", port.name, err)
+
+    def _close_lister(self) -> None:
         if self._ports_lister is not None:
             self._ports_lister.close()
             self._ports_lister = None
@@ -754,7 +826,7 @@ class MidiIO:
             port.close()
         elif port is None and present:
             try:
-                reopened = RtMidiOutput(wanted, self.api, virtual=False, client_name=self.options.client_name)
+                reopened = self._open_output(self.api, wanted, virtual=False)
             except MidiPortError as err:
                 log.warning("MIDI output %r is back but failed to open: %s", wanted, err)
                 return
@@ -787,6 +859,7 @@ class MidiIO:
             if isinstance(port, RtMidiOutput):
                 port.final = tuple(msg.bytes() for msg in final)
         self._close_ports(ports)
+        self._close_lister()
 
 
 def channel_map(text: str, defaults: Mapping[str, int]) -> dict[str, int]:

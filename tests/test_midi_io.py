@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from bridge.midi_io import (
-    MemoryInput, MemoryOutput, MidiPortError, apis_to_try, channel_map, match_port_name,
+    LIVE_ATTEMPTS, BasePort, MemoryInput, MemoryOutput, MidiIO, MidiPortError, PortOptions, apis_to_try,
+    channel_map, match_port_name,
 )
 from bridge.scheduler import DEFAULT_CHANNELS
 
@@ -113,3 +114,39 @@ def test_sysex_recovery_table(data: list[int], counts: dict[str, int], messages:
     port = MemoryInput("in", lambda msg, t: got.append(msg))
     port.deliver(data)
     assert port.errors.counts == counts and len(got) == messages
+
+
+class _Port(BasePort):
+    """A port that is live or not, as told."""
+
+    def __init__(self, live: bool) -> None:
+        self.live = live
+        super().__init__("fake")
+
+    def _open(self) -> None:
+        pass
+
+    def _close(self) -> None:
+        pass
+
+    def is_live(self, timeout_s: float = 0.0) -> bool:
+        return self.live
+
+
+class _NoPortsIO(MidiIO):
+    def _open_all(self) -> None:  # the logic under test only
+        pass
+
+
+def test_a_port_whose_client_never_runs_is_replaced_then_refused() -> None:
+    io = _NoPortsIO(PortOptions(), lambda msg, t: None, ["guitar"])
+    made = [_Port(False), _Port(True)]
+    port = io._open_live(lambda: made.pop(0))
+    assert port.live and not port.closed
+    assert io.server_events.counts == {"dead_port": 1}
+    dead = [_Port(False) for _ in range(LIVE_ATTEMPTS)]
+    opened = list(dead)
+    with pytest.raises(MidiPortError, match="never ran its client"):
+        io._open_live(lambda: dead.pop(0))
+    assert all(p.closed for p in opened), "a dead port was left open"
+    assert io.server_events.counts == {"dead_port": 1 + LIVE_ATTEMPTS}

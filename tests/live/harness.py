@@ -118,7 +118,9 @@ class Daemon:
                "--client-name", client, "--osc-port", "0", *extra]
         if "--clock" not in extra:  # MIDI clock (internal until it starts): two daemons never join one Link session
             cmd += ["--clock", "midi"]
-        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # a crash prints every thread's Python stack into the log a failing test shows
+        env = {**os.environ, "PYTHONFAULTHANDLER": "1"}
+        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         self.lines: list[str] = []
         self.ready_line = self._wait_ready()
         self.osc_port = int(re.search(r"OSC [\d.]+:(\d+)", self.ready_line).group(1))

@@ -170,3 +170,32 @@ def test_an_unterminated_sysex_does_not_make_the_input_deaf(private_jack) -> Non
     finally:
         port.close()
         sender.delete()
+
+
+def test_ports_opened_while_other_clients_come_and_go_all_work(private_jack) -> None:
+    """A JACK client opened while others register and leave can come up with its process callback
+    never run (3 of 25 opens before MidiIO proved each port through its loopback): every port
+    MidiIO hands out must move messages, its own guard's and echo's included."""
+    from bridge.midi_io import MidiIO, PortOptions
+
+    halt = threading.Event()
+
+    def churn() -> None:  # a patchbay or DAW listing ports in a loop
+        while not halt.is_set():
+            subprocess.run(["jack_lsp"], capture_output=True, timeout=5)
+
+    churner = threading.Thread(target=churn, daemon=True)
+    churner.start()
+    try:
+        for _ in range(12):
+            heard: list[mido.Message] = []
+            io = MidiIO(PortOptions(midi_api="jack", client_name=unique("vjchurn")),
+                        lambda msg, t: heard.append(msg), ["guitar"])
+            try:
+                assert io.input.heard.wait(2.0), "the input never heard its own guard"
+                assert all(port.is_live(2.0) for port in io.outputs.values()), "an output's echo heard nothing"
+            finally:
+                io.close()
+    finally:
+        halt.set()
+        churner.join()
