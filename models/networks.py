@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -108,28 +109,37 @@ class InstrumentVAE(nn.Module):
 
     def forward(self, bars: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Negative ELBO per bar, mean over the batch; also the reconstruction."""
+        losses, recon = self.bar_losses(bars)
+        return losses.mean(), recon
+
+    def bar_losses(self, bars: torch.Tensor, noise: torch.Tensor | None = None,
+                   batch_mean: Callable[[torch.Tensor], torch.Tensor] = torch.mean,
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Negative ELBO of each bar (B,) and the reconstruction (B, 1, 32, 128).
+
+        noise: the reparameterisation's (B, K) standard normal draw (drawn here when None).
+        batch_mean: how the batch's per-bar squared errors are averaged for the pixel variance.
+        A distributed run passes both, so that every rank's part of a batch sees the noise and the
+        variance one process would have used for the whole batch (training/distributed.py).
+        """
         mean, log_sigma = self.encode(bars)
-        latent = mean + torch.exp(log_sigma) * torch.randn_like(mean)
-        logits = self.decode_logits(latent)
+        noise = torch.randn_like(mean) if noise is None else noise
+        logits = self.decode_logits(mean + torch.exp(log_sigma) * noise)
         if self.likelihood == "bernoulli":
-            return self.bernoulli_loss(bars, logits, mean, log_sigma), torch.sigmoid(logits)
+            nll = F.binary_cross_entropy_with_logits(logits, (bars > 0).float(), reduction="none").flatten(1).sum(1)
+            return nll + self.kl(mean, log_sigma), torch.sigmoid(logits)
         recon = torch.sigmoid(logits)
-        return self.loss(bars, recon, mean, log_sigma), recon
+        return self.gaussian_losses(bars, recon, mean, log_sigma, batch_mean), recon
 
     @staticmethod
     def kl(mean: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
         """KL(q(z|x) || N(0, I)) per bar; beta = 1."""
         return 0.5 * (mean.pow(2) + torch.exp(2 * log_sigma) - 1 - 2 * log_sigma).sum(1)
 
-    def bernoulli_loss(self, bars: torch.Tensor, logits: torch.Tensor, mean: torch.Tensor,
-                       log_sigma: torch.Tensor) -> torch.Tensor:
-        """Negative ELBO with each cell a note-on/off coin."""
-        nll = F.binary_cross_entropy_with_logits(logits, (bars > 0).float(), reduction="none").flatten(1).sum(1)
-        return (nll + self.kl(mean, log_sigma)).mean()
-
-    def loss(self, bars: torch.Tensor, recon: torch.Tensor, mean: torch.Tensor,
-             log_sigma: torch.Tensor) -> torch.Tensor:
-        """Negative ELBO, beta = 1, with the pixel variance at its optimum for this batch.
+    def gaussian_losses(self, bars: torch.Tensor, recon: torch.Tensor, mean: torch.Tensor,
+                        log_sigma: torch.Tensor,
+                        batch_mean: Callable[[torch.Tensor], torch.Tensor] = torch.mean) -> torch.Tensor:
+        """Negative ELBO per bar, beta = 1, with the pixel variance at its optimum for this batch.
 
         The learned scalar variance is set in closed form to the batch's mean squared error
         (the "optimal sigma" of sigma-VAE, Rybkin et al. 2021) instead of by gradient steps: on
@@ -140,9 +150,9 @@ class InstrumentVAE(nn.Module):
         sq_err = (bars - recon).pow(2).flatten(1).sum(1)
         if self.training:
             with torch.no_grad():
-                self.log_sigma_x.copy_(0.5 * torch.log(sq_err.mean() / n_cells).clamp(min=-12.0))
+                self.log_sigma_x.copy_(0.5 * torch.log(batch_mean(sq_err.detach()) / n_cells).clamp(min=-12.0))
         nll = 0.5 * sq_err * torch.exp(-2 * self.log_sigma_x) + n_cells * self.log_sigma_x
-        return (nll + self.kl(mean, log_sigma)).mean()
+        return nll + self.kl(mean, log_sigma)
 
 
 N_FEATURES = 24  # the piano's chroma over its last bar (12) and its last beat (12)

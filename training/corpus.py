@@ -6,6 +6,8 @@ A corpus split is `DIR/bars-{train,valid}.npz` holding
   names        str   (n_songs,)            where each song came from
 Songs are kept as runs of bars so training pairs (bar t -> bar t + 1) never cross songs.
 The npz is written with fixed zip timestamps, so the same songs give the same bytes.
+A folder with a `shards.json` is a sharded corpus instead (`training.shards`, for corpora larger
+than memory): `load_corpus` reads both, and a sharded split's bars are a memory-mapped `BarStore`.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from tqdm import tqdm
 from models.bars import (
     INSTRUMENTS, N_PITCHES, STEPS_PER_BAR, from_uint8, midi_to_song, to_uint8,
 )
+from training.shards import BarStore, is_sharded, load_sharded
 
 SPLITS: tuple[str, ...] = ("train", "valid")
 BAR_SHAPE: tuple[int, ...] = (len(INSTRUMENTS), STEPS_PER_BAR, N_PITCHES)  # (5, 32, 128)
@@ -38,7 +41,7 @@ class CorpusSong(NamedTuple):
 class Corpus:
     """One split of a corpus: all songs' bars back to back."""
 
-    bars: np.ndarray  # (n, 5, 32, 128) uint8
+    bars: np.ndarray | BarStore  # (n, 5, 32, 128) uint8; a BarStore reads shards from disk
     song_starts: np.ndarray  # (n_songs + 1,) int64 offsets into bars; last = n
     names: list[str]
 
@@ -68,6 +71,26 @@ class Corpus:
     def float_bars(self, idx: np.ndarray | int | slice) -> np.ndarray:
         """Bars at idx as float32 velocity/127, the model's input format."""
         return from_uint8(self.bars[idx])
+
+    def first_songs(self, n_songs: int) -> "Corpus":
+        """The first n_songs songs; a store is cut, not read."""
+        end = int(self.song_starts[n_songs])
+        bars = self.bars.head(end) if isinstance(self.bars, BarStore) else self.bars[:end]
+        return Corpus(bars, self.song_starts[: n_songs + 1], self.names[:n_songs])
+
+
+def join_corpora(parts: list[Corpus]) -> Corpus:
+    """Splits of several corpora back to back; songs stay whole, so pairs never cross songs.
+    In-memory arrays are concatenated as before; a sharded part makes the result a BarStore."""
+    if len(parts) == 1:
+        return parts[0]
+    offsets = np.cumsum([0] + [len(c) for c in parts[:-1]])
+    starts = np.concatenate([c.song_starts[:-1] + o for c, o in zip(parts, offsets)] + [[sum(len(c) for c in parts)]])
+    if any(isinstance(c.bars, BarStore) for c in parts):
+        bars: np.ndarray | BarStore = BarStore.join([c.bars for c in parts])
+    else:
+        bars = np.concatenate([c.bars for c in parts])
+    return Corpus(bars, starts.astype(np.int64), [name for c in parts for name in c.names])
 
 
 def _check_arrays(bars: np.ndarray, starts: np.ndarray, n_names: int, where: str) -> None:
@@ -132,10 +155,12 @@ def split_path(directory: str | os.PathLike, split: str) -> Path:
 
 
 def load_corpus(directory: str | os.PathLike, split: str) -> Corpus:
-    """Read DIR/bars-{split}.npz; errors name the folder or file."""
+    """Read DIR/bars-{split}.npz, or a sharded corpus's split; errors name the folder or file."""
     path = split_path(directory, split)
     if not Path(directory).is_dir():
         raise FileNotFoundError(f"{os.fspath(directory)}: no such corpus folder (make one with `vaejam data synth`)")
+    if is_sharded(directory):
+        return Corpus(*load_sharded(directory, split))
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such corpus file")
     try:

@@ -700,7 +700,7 @@ def _cmd_midi(args: argparse.Namespace) -> int:
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
-    """Add `vaejam data synth|midi|human`."""
+    """Add `vaejam data synth|midi|human|lpd|lakh`."""
     data = subparsers.add_parser("data", help="make a training corpus (bars-{train,valid}.npz)")
     sources = data.add_subparsers(dest="data_command", metavar="SOURCE", required=True)
     synth = sources.add_parser("synth", help="render random chord charts with MMA grooves")
@@ -719,6 +719,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     midi.add_argument("--valid-fraction", type=float, default=0.15, help="share of files for validation")
     midi.add_argument("--seed", type=int, default=0, help="picks the validation files")
     midi.set_defaults(func=_cmd_midi)
-    from training.human import add_human_parser  # training.human imports this module: not at the top
+    from training.convert import add_shard_parsers  # these import this module: not at the top
+    from training.human import add_human_parser
 
     add_human_parser(sources)
+    add_shard_parsers(sources)

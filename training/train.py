@@ -4,6 +4,9 @@
 3. a ConditionalNN per band instrument on [next piano latent, previous latent] -> next latent.
 Latents are the VAEs' means, as the article trains them. Every epoch ends with a validation pass
 and a checkpoint (safetensors + JSON) in OUT/train_state/, so `--resume` picks up at the next epoch.
+Under torchrun the VAE stage is data-parallel (DistributedDataParallel, `training.distributed`):
+each rank reads and computes its part of every batch, rank 0 alone reads and writes OUT, and the
+MLP stages (seconds) then run on rank 0 alone.
 """
 from __future__ import annotations
 
@@ -18,15 +21,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from models.bars import BAND, INSTRUMENTS
 from models.checkpoint import check_state, save_band_model
 from models.baselines import BASELINES
 from models.networks import BandConfig, BandModel, count_parameters, piano_features
-from training.corpus import Corpus, load_corpus
+from training import distributed
+from training.corpus import Corpus, join_corpora, load_corpus
+from training.distributed import Dist, RankPart
+from training.latents import IN_MEMORY_BYTES, LatentStore
 
 log = logging.getLogger(__name__)
 STAGES = ("vae", "melody", "conditional")
@@ -45,6 +53,7 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 1e-3
     max_bars: int | None = None  # cap on training bars, for quick runs and tests
+    latents_in_memory_mb: int = IN_MEMORY_BYTES >> 20  # bigger latent stores go to a scratch file
     model: dict = field(default_factory=lambda: BandConfig().to_dict())
 
 
@@ -61,20 +70,13 @@ class TrainState:
 def first_bars(corpus: Corpus, n_bars: int) -> Corpus:
     """The whole songs that fit in the first n_bars bars (at least one song)."""
     n_songs = max(1, int(np.searchsorted(corpus.song_starts, n_bars, side="right")) - 1)
-    n_songs = min(n_songs, corpus.n_songs)
-    end = int(corpus.song_starts[n_songs])
-    return Corpus(corpus.bars[:end], corpus.song_starts[: n_songs + 1], corpus.names[:n_songs])
+    return corpus.first_songs(min(n_songs, corpus.n_songs))
 
 
 def load_corpora(data: str, split: str) -> Corpus:
-    """One corpus or several joined ("mma,human"): songs stay whole, so pairs never cross songs."""
-    parts = [load_corpus(directory.strip(), split) for directory in data.split(",") if directory.strip()]
-    if len(parts) == 1:
-        return parts[0]
-    offsets = np.cumsum([0] + [len(c.bars) for c in parts[:-1]])
-    starts = np.concatenate([c.song_starts[:-1] + o for c, o in zip(parts, offsets)] + [[sum(len(c.bars) for c in parts)]])
-    return Corpus(np.concatenate([c.bars for c in parts]), starts.astype(parts[0].song_starts.dtype),
-                  [name for c in parts for name in c.names])
+    """One corpus or several joined ("mma,human"): songs stay whole, so pairs never cross songs.
+    npz corpora are read into memory, sharded ones (`vaejam data lpd|lakh`) stay on disk."""
+    return join_corpora([load_corpus(directory.strip(), split) for directory in data.split(",") if directory.strip()])
 
 
 def pick_device(name: str) -> torch.device:
@@ -99,36 +101,56 @@ def to_tensor(bars_u8: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- stage 1: VAEs
+class VaeStage(nn.Module):
+    """Stage 1's batch loss over the five VAEs as one module, so DistributedDataParallel can wrap it."""
+
+    def __init__(self, vaes: nn.ModuleDict) -> None:
+        super().__init__()
+        self.vaes = vaes
+
+    def forward(self, bars: torch.Tensor, noise: list[torch.Tensor], part: RankPart) -> tuple[torch.Tensor, torch.Tensor]:
+        """bars (b, 5, 32, 128): this rank's part of the batch; noise: its (b, K) draw per VAE.
+        Returns the loss to back-propagate and the per-VAE sums of bar losses (5,), detached."""
+        sums = torch.stack([self.vaes[name].bar_losses(bars[:, i : i + 1], noise[i], part.batch_mean)[0].sum()
+                            for i, name in enumerate(INSTRUMENTS)]) * part.weight
+        return sums.sum() * part.loss_scale(), sums.detach()
+
+
 def vae_epoch(model: BandModel, corpus: Corpus, opt: torch.optim.Optimizer | None,
               cfg: TrainConfig, rng: np.random.Generator | None, device: torch.device,
-              desc: str) -> dict[str, float]:
-    """One pass over the bars; trains when opt is given, else validates (adds F1 per instrument)."""
+              desc: str, ranks: Dist = Dist(), step: nn.Module | None = None) -> dict[str, float]:
+    """One pass over the bars; trains when opt is given, else validates (adds F1 per instrument).
+    Each rank reads and computes its part of every batch (`step`: VaeStage, DDP-wrapped under
+    torchrun); the sums are added over the ranks, so every rank returns the same metrics."""
     training = opt is not None
     model.train(training)
-    sums = {name: 0.0 for name in INSTRUMENTS}
-    counts = {name: np.zeros((3, len(F1_GRID))) for name in INSTRUMENTS}
-    progress = tqdm(batches(len(corpus.bars), cfg.batch_size, rng), desc=desc, leave=False, unit="batch")
+    step = step or VaeStage(model.vaes)
+    sums = torch.zeros(len(INSTRUMENTS), dtype=torch.float64)
+    counts = torch.zeros(len(INSTRUMENTS), 3, len(F1_GRID), dtype=torch.float64)
+    progress = tqdm(batches(len(corpus.bars), cfg.batch_size, rng), desc=desc, leave=False, unit="batch",
+                    disable=not ranks.main)
     for index in progress:
-        bars = to_tensor(corpus.bars[np.sort(index)], device)  # (B, 5, 32, 128)
+        part = ranks.part(len(index))
+        bars = to_tensor(corpus.bars[np.sort(index)[part.rows]], device)  # (b, 5, 32, 128): this rank's part
+        # the whole batch's noise, drawn alike on every rank and sliced: what one process draws
+        noise = [torch.randn(len(index), model.config.latent, device=device)[part.rows] for _ in INSTRUMENTS]
         with torch.set_grad_enabled(training):
-            losses = []
-            for i, name in enumerate(INSTRUMENTS):
-                loss, recon = model.vaes[name](bars[:, i : i + 1])
-                losses.append(loss)
-                sums[name] += loss.item() * len(index)
-                if not training:
-                    counts[name] += f1_counts(bars[:, i : i + 1], model.vaes[name].decode(
-                        model.vaes[name].encode(bars[:, i : i + 1])[0]))
-            total = torch.stack(losses).sum()
+            loss, per_vae = step(bars, noise, part)
         if training:
             opt.zero_grad(set_to_none=True)
-            total.backward()
+            loss.backward()
             opt.step()
-        progress.set_postfix(loss=f"{total.item():.1f}")
-    result = {f"loss/{k}": v / len(corpus.bars) for k, v in sums.items()}
+        else:
+            with torch.no_grad():
+                counts += part.weight * torch.stack([torch.from_numpy(f1_counts(bars[:, i : i + 1], vae.decode(
+                    vae.encode(bars[:, i : i + 1])[0]))) for i, vae in enumerate(model.vaes.values())]).double()
+        sums += per_vae.double().cpu()
+        progress.set_postfix(loss=f"{per_vae.sum().item() / (part.hi - part.lo):.1f}")
+    sums, counts = ranks.all_reduce(sums), ranks.all_reduce(counts)
+    result = {f"loss/{name}": float(sums[i]) / len(corpus.bars) for i, name in enumerate(INSTRUMENTS)}
     if not training:
-        result.update({f"f1/{k}": f1_from_counts(c) for k, c in counts.items()})
-        result.update({f"f1best/{k}": best_f1(c) for k, c in counts.items()})
+        result.update({f"f1/{name}": f1_from_counts(counts[i].numpy()) for i, name in enumerate(INSTRUMENTS)})
+        result.update({f"f1best/{name}": best_f1(counts[i].numpy()) for i, name in enumerate(INSTRUMENTS)})
     return result
 
 
@@ -160,44 +182,66 @@ def _f1(counts: np.ndarray) -> float:
 
 
 # ------------------------------------------------------- stages 2 and 3: the MLPs
-@torch.inference_mode()
-def encode_corpus(model: BandModel, corpus: Corpus, cfg: TrainConfig, device: torch.device) -> torch.Tensor:
-    """Latent means of every bar, (n, 5, K), kept on the device for the MLP stages."""
-    model.eval()
-    means = [model.encode_means(to_tensor(corpus.bars[index], device))
-             for index in batches(len(corpus.bars), 512, None)]
-    return torch.cat(means)
+@dataclass
+class MlpBatch:
+    """The latent means and piano features of the bars one batch reads; rows index into them."""
+
+    latents: torch.Tensor  # (U, 5, K)
+    features: torch.Tensor  # (U, 24) piano chroma features (arch "context")
 
 
 @dataclass
 class MlpData:
-    """What the MLP stages read: every bar's latent means, the piano features, and rows of bar
-    indices [oldest .. current bar of the piano history, next bar] inside one song."""
+    """What the MLP stages read: every bar's latent means and piano features (a LatentStore, in
+    bounded memory), and the consecutive pairs (t, t + 1) inside one song. A batch's rows of bar
+    indices [oldest .. current bar of the piano history, next bar] are made when it is read."""
 
-    latents: torch.Tensor  # (n, 5, K)
-    features: torch.Tensor  # (n, 24) piano chroma features (arch "context")
-    rows: np.ndarray  # (P, context + 1)
+    store: LatentStore
+    pair_starts: np.ndarray  # (P,) bar t of each pair
+    song_starts: np.ndarray  # (n_songs + 1,)
+    context: int  # piano bars of history per row
+
+    def __len__(self) -> int:
+        return len(self.pair_starts)
+
+    def rows(self, index: np.ndarray) -> np.ndarray:
+        return rows_for(self.pair_starts[index], self.song_starts, self.context)
+
+    def batch(self, index: np.ndarray) -> tuple[MlpBatch, torch.Tensor]:
+        """Pairs `index`: the bars they read, and their rows as indices into those bars."""
+        rows = self.rows(index)
+        bars, local = np.unique(rows, return_inverse=True)  # each bar read once, in disk order
+        latents, features = self.store.take(bars)
+        return MlpBatch(latents, features), torch.from_numpy(local.reshape(rows.shape)).to(self.store.device)
 
 
 @torch.inference_mode()
-def mlp_data(model: BandModel, corpus: Corpus, cfg: TrainConfig, device: torch.device,
-             latents: torch.Tensor) -> MlpData:
-    features = torch.cat([piano_features(to_tensor(corpus.bars[index], device)[:, 0])
-                          for index in batches(len(corpus.bars), 512, None)])
-    return MlpData(latents, features, history_rows(corpus, model.config.context if model.config.arch == "context" else 1))
+def mlp_data(model: BandModel, corpus: Corpus, cfg: TrainConfig, device: torch.device) -> MlpData:
+    """Encode every bar once (latent means and piano features) for the MLP stages."""
+    model.eval()
+    store = LatentStore(len(corpus), len(INSTRUMENTS), model.config.latent, device, cfg.latents_in_memory_mb << 20)
+    for index in batches(len(corpus.bars), 512, None):
+        bars = to_tensor(corpus.bars[index], device)  # (B, 5, 32, 128)
+        store.append(model.encode_means(bars), piano_features(bars[:, 0]))
+    context = model.config.context if model.config.arch == "context" else 1
+    return MlpData(store.finish(), corpus.pairs()[:, 0], corpus.song_starts, context)
 
 
 def history_rows(corpus: Corpus, context: int) -> np.ndarray:
+    """(P, context + 1) rows of every pair of the corpus (see rows_for)."""
+    return rows_for(corpus.pairs()[:, 0], corpus.song_starts, context)
+
+
+def rows_for(pair_starts: np.ndarray, song_starts: np.ndarray, context: int) -> np.ndarray:
     """(P, context + 1): for each consecutive pair (t, t+1) of a song, the bars t-context+1 .. t,
     padded at the song's start with its first bar (as the engine fills its history), then t+1."""
-    pairs = corpus.pairs()
-    song_first = corpus.song_starts[np.searchsorted(corpus.song_starts, pairs[:, 0], side="right") - 1]
+    song_first = song_starts[np.searchsorted(song_starts, pair_starts, side="right") - 1]
     back = np.arange(context - 1, -1, -1)  # oldest first
-    history = np.maximum(pairs[:, :1] - back[None, :], song_first[:, None])
-    return np.concatenate([history, pairs[:, 1:]], axis=1)
+    history = np.maximum(pair_starts[:, None] - back[None, :], song_first[:, None])
+    return np.concatenate([history, pair_starts[:, None] + 1], axis=1)
 
 
-def melody_inputs(model: BandModel, data: MlpData, rows: torch.Tensor, noise_sd: float = 0.0) -> torch.Tensor:
+def melody_inputs(model: BandModel, data: MlpBatch, rows: torch.Tensor, noise_sd: float = 0.0) -> torch.Tensor:
     """MelodyNN's input for rows: the current latent (article) or the history and features, with
     optional noise on the current latent (as the engine adds noise_sd)."""
     now = rows[:, -2]
@@ -210,7 +254,7 @@ def melody_inputs(model: BandModel, data: MlpData, rows: torch.Tensor, noise_sd:
     return torch.cat([history, current, data.features[now]], dim=1)
 
 
-def predicted_next_piano(model: BandModel, data: MlpData, rows: torch.Tensor) -> torch.Tensor:
+def predicted_next_piano(model: BandModel, data: MlpBatch, rows: torch.Tensor) -> torch.Tensor:
     """What the engine will feed the ConditionalNNs: the next piano latent as predicted from a
     noisy current latent (arch "context"), by the source training chose."""
     with torch.no_grad():
@@ -225,7 +269,7 @@ def predicted_next_piano(model: BandModel, data: MlpData, rows: torch.Tensor) ->
         return model.melody(noisy)
 
 
-def mlp_loss(model: BandModel, stage: str, data: MlpData, rows: torch.Tensor) -> tuple[torch.Tensor, dict]:
+def mlp_loss(model: BandModel, stage: str, data: MlpBatch, rows: torch.Tensor) -> tuple[torch.Tensor, dict]:
     """MSE to the next bar's latent means; per instrument for the conditional stage.
     Article: ConditionalNNs learn from the true next piano latent, as the paper trains them;
     "context": from MelodyNN's prediction (what they get when playing) and the piano features."""
@@ -250,30 +294,32 @@ def mlp_epoch(model: BandModel, stage: str, data: MlpData, opt: torch.optim.Opti
     training = opt is not None
     model.train(training)
     sums: dict[str, float] = {}
-    rows_t = torch.from_numpy(data.rows).to(data.latents.device)
-    for index in batches(len(data.rows), cfg.batch_size, rng):
+    for index in batches(len(data), cfg.batch_size, rng):
+        batch, rows = data.batch(index)
         with torch.set_grad_enabled(training):
-            loss, parts = mlp_loss(model, stage, data, rows_t[torch.from_numpy(index).to(data.latents.device)])
+            loss, parts = mlp_loss(model, stage, batch, rows)
         if training:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
         for k, v in parts.items():
             sums[k] = sums.get(k, 0.0) + v * len(index)
-    return {k: v / max(1, len(data.rows)) for k, v in sums.items()}
+    return {k: v / max(1, len(data)) for k, v in sums.items()}
 
 
 @torch.inference_mode()
 def melody_baselines(model: BandModel, data: MlpData, train_mean: torch.Tensor) -> dict[str, float]:
     """Validation MSE of MelodyNN against its two baselines: the current latent, the mean latent."""
     model.eval()
-    rows = torch.from_numpy(data.rows).to(data.latents.device)
-    target = data.latents[rows[:, -1], 0]
-    return {
-        "network": F.mse_loss(model.melody(melody_inputs(model, data, rows)), target).item(),
-        "current": F.mse_loss(data.latents[rows[:, -2], 0], target).item(),
-        "mean": F.mse_loss(train_mean.expand_as(target), target).item(),
-    }
+    sums = dict.fromkeys(("network", "current", "mean"), 0.0)
+    for index in batches(len(data), 4096, None):
+        batch, rows = data.batch(index)
+        target = batch.latents[rows[:, -1], 0]
+        guesses = {"network": model.melody(melody_inputs(model, batch, rows)),
+                   "current": batch.latents[rows[:, -2], 0], "mean": train_mean.expand_as(target)}
+        for name, guess in guesses.items():
+            sums[name] += F.mse_loss(guess, target, reduction="sum").item()
+    return {name: total / max(1, len(data) * model.config.latent) for name, total in sums.items()}
 
 
 def choose_melody_source(model: BandModel, scores: dict[str, float]) -> str:
@@ -296,60 +342,65 @@ CALIBRATION_NOISE_SD = 0.7  # the default noise_sd, so density 0.5 is calibrated
 
 @torch.inference_mode()
 def calibrate_thresholds(model: BandModel, corpus: Corpus, cfg: TrainConfig, device: torch.device,
-                         latents: torch.Tensor | None = None) -> torch.Tensor:
+                         data: MlpData | None = None) -> torch.Tensor:
     """Per instrument, the threshold at which the band's predicted bars have as many active
-    cells as the real next bars: what the engine plays at density 0.5. latents: the corpus's
-    encoded means, when the caller has them already."""
+    cells as the real next bars: what the engine plays at density 0.5. data: the corpus's
+    encoded bars, when the caller has them already."""
     model.eval()
-    if latents is None:
-        latents = encode_corpus(model, corpus, cfg, device)
+    if data is None:
+        data = mlp_data(model, corpus, cfg, device)
     rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
-    data = mlp_data(model, corpus, cfg, device, latents)
-    rows = history_rows(corpus, model.config.context if model.config.arch == "context" else 1)
-    if len(rows) > CALIBRATION_PAIRS:
-        rows = rows[np.sort(rng.choice(len(rows), CALIBRATION_PAIRS, replace=False))]
-    pairs = rows[:, -2:]
-    rows_t = torch.from_numpy(rows).to(device)
-    now = latents[rows_t[:, -2]]  # (P, 5, K)
-    next_piano = predicted_next_piano(model, data, rows_t)
-    features = data.features[rows_t[:, -2]] if model.config.arch == "context" else None
+    chosen = np.arange(len(data))
+    if len(data) > CALIBRATION_PAIRS:
+        chosen = np.sort(rng.choice(len(data), CALIBRATION_PAIRS, replace=False))
+    batch, rows_t = data.batch(chosen)
+    next_bars = corpus.bars[data.rows(chosen)[:, -1]]  # (P, 5, 32, 128) uint8: what the band should match
+    now = batch.latents[rows_t[:, -2]]  # (P, 5, K)
+    next_piano = predicted_next_piano(model, batch, rows_t)
+    features = batch.features[rows_t[:, -2]] if model.config.arch == "context" else None
     predicted = [next_piano] + [model.conditionals[n](next_piano, now[:, i], features) for i, n in enumerate(BAND, 1)]
     predicted_t = torch.stack(predicted, dim=1)  # (P, 5, K)
     thresholds = torch.empty(len(INSTRUMENTS))
     for i in range(len(INSTRUMENTS)):
         decoded = torch.cat([model.vaes[INSTRUMENTS[i]].decode(predicted_t[j : j + 256, i])
-                             for j in range(0, len(pairs), 256)]).flatten()
-        active = int((corpus.bars[pairs[:, 1], i] > 0).sum())
+                             for j in range(0, len(chosen), 256)]).flatten()
+        active = int((next_bars[:, i] > 0).sum())
         thresholds[i] = float(decoded.kthvalue(max(1, decoded.numel() - active)).values) if active else 0.95
     return thresholds.clamp(0.005, 0.95)
 
 
 # ------------------------------------------------------------ checkpoints, resume
 def save_state(out: Path, model: BandModel, opt: torch.optim.Optimizer, cfg: TrainConfig, state: TrainState) -> None:
-    """Weights, optimizer moments and progress; written to temp files, then renamed."""
+    """Weights, optimizer moments and progress. The tensors go to files named after the epoch count
+    and state.json, naming them, is renamed into place last: a run killed at any moment resumes
+    from one consistent checkpoint, the last one state.json names."""
     folder = out / STATE_DIR
     folder.mkdir(parents=True, exist_ok=True)
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     opt_state = opt.state_dict()
     moments = {f"{pid}.{key}": torch.as_tensor(value).detach().cpu().contiguous()
                for pid, entry in opt_state["state"].items() for key, value in entry.items()}
+    files = {name: f"{name}-{len(state.history):05d}.safetensors" for name in ("weights", "optimizer")}
     for name, tensors in (("weights", weights), ("optimizer", moments)):
-        save_file(tensors, str(folder / f"{name}.safetensors.tmp"))
-        os.replace(folder / f"{name}.safetensors.tmp", folder / f"{name}.safetensors")
-    meta = {"train": asdict(cfg), "state": asdict(state), "param_groups": opt_state["param_groups"]}
+        save_file(tensors, str(folder / files[name]))
+    meta = {"train": asdict(cfg), "state": asdict(state), "param_groups": opt_state["param_groups"], "files": files}
     (folder / "state.json.tmp").write_text(json.dumps(meta, indent=1))
     os.replace(folder / "state.json.tmp", folder / "state.json")
+    for old in list(folder.glob("weights-*.safetensors")) + list(folder.glob("optimizer-*.safetensors")):
+        if old.name not in files.values():
+            old.unlink()
 
 
 def load_state(out: Path, model: BandModel) -> tuple[TrainState, dict, dict]:
     """Restore the weights; return the progress, optimizer moments and param groups."""
     folder = out / STATE_DIR
     meta = json.loads((folder / "state.json").read_text())
-    weights = load_file(str(folder / "weights.safetensors"))
-    check_state(model.state_dict(), weights, folder / "weights.safetensors")
+    files = meta.get("files", {"weights": "weights.safetensors", "optimizer": "optimizer.safetensors"})  # older runs
+    weights = load_file(str(folder / files["weights"]))
+    check_state(model.state_dict(), weights, folder / files["weights"])
     model.load_state_dict(weights)
-    return TrainState(**meta["state"]), load_file(str(folder / "optimizer.safetensors")), meta
+    return TrainState(**meta["state"]), load_file(str(folder / files["optimizer"])), meta
 
 
 def restore_optimizer(opt: torch.optim.Optimizer, moments: dict, param_groups: list) -> None:
@@ -362,31 +413,45 @@ def restore_optimizer(opt: torch.optim.Optimizer, moments: dict, param_groups: l
 
 # ------------------------------------------------------------------- the driver
 def train(cfg: TrainConfig) -> dict:
-    """Run (or resume) all stages; write the model to cfg.out; return the final report."""
-    out, device = Path(cfg.out), pick_device(cfg.device)
+    """Run (or resume) all stages; write the model to cfg.out; return the final report (rank 0;
+    the other ranks of a torchrun return {} once the data-parallel VAE stage is done)."""
+    ranks, device = distributed.start(pick_device(cfg.device))
+    try:
+        return _train(ranks.broadcast_object(cfg), ranks, device)  # rank 0's settings everywhere
+    finally:
+        distributed.stop(ranks)
+
+
+def _train(cfg: TrainConfig, ranks: Dist, device: torch.device) -> dict:
+    out = Path(cfg.out)
     torch.manual_seed(cfg.seed)
     model = BandModel(BandConfig.from_dict(cfg.model)).to(device)
     state, moments, meta = TrainState(), None, None
-    if (out / STATE_DIR / "state.json").exists():
+    if ranks.main and (out / STATE_DIR / "state.json").exists():  # only rank 0 reads OUT
         state, moments, meta = load_state(out, model)
         log.info("resuming at stage %s, epoch %d", state.stage, state.epoch)
+    state, moments, meta = ranks.broadcast_object((state, moments, meta))
+    ranks.broadcast_tensors(list(model.state_dict().values()))
     train_set, valid_set = load_corpora(cfg.data, "train"), load_corpora(cfg.data, "valid")
     if cfg.max_bars:
         train_set = first_bars(train_set, cfg.max_bars)
         valid_set = first_bars(valid_set, max(cfg.max_bars // 4, 8))
-    log.info("%d train bars, %d valid bars, %d parameters, device %s",
-             len(train_set.bars), len(valid_set.bars), count_parameters(model), device)
+    log.info("%d train bars, %d valid bars, %d parameters, device %s, %d process(es)",
+             len(train_set.bars), len(valid_set.bars), count_parameters(model), device, ranks.world)
     started = time.perf_counter() - state.seconds
-    latents: dict[str, torch.Tensor] = {}  # latent means of every bar, once the VAEs are final
-    data: dict[str, MlpData] = {}
+    data: dict[str, MlpData] = {}  # every bar encoded, once the VAEs are final
     if state.melody_choice:  # resumed after the melody stage: the engine's source was chosen then
         model.config = replace(model.config, melody_source=state.melody_choice["source"])
     for stage in STAGES[STAGES.index(state.stage):]:
-        if stage != "vae" and not latents:
-            latents = {s: encode_corpus(model, c, cfg, device) for s, c in (("train", train_set), ("valid", valid_set))}
-            model.initial_latents.copy_(latents["train"].mean(0))  # the "mean latent" baseline too
-            data = {s: mlp_data(model, c, cfg, device, latents[s]) for s, c in (("train", train_set), ("valid", valid_set))}
-        run_stage(model, stage, train_set, valid_set, cfg, state, out, device, moments, meta, started, data)
+        if stage != "vae" and ranks.world > 1:  # the MLP stages take seconds: rank 0 runs them alone
+            distributed.stop(ranks)
+            if not ranks.main:
+                return {}
+            ranks = Dist()
+        if stage != "vae" and not data:
+            data = {s: mlp_data(model, c, cfg, device) for s, c in (("train", train_set), ("valid", valid_set))}
+            model.initial_latents.copy_(data["train"].store.mean)  # the "mean latent" baseline too
+        run_stage(model, stage, train_set, valid_set, cfg, state, out, device, moments, meta, started, data, ranks)
         moments = meta = None  # only the stage we resumed into has saved moments
         if stage == "melody":
             scores = melody_baselines(model, data["valid"], model.initial_latents[0])
@@ -394,7 +459,7 @@ def train(cfg: TrainConfig) -> dict:
             model.config = replace(model.config, melody_source=source)
             state.melody_choice = {"validation_mse": scores, "source": source}
             log.info("next piano latent, validation MSE: %s -> the engine uses %s", _fmt(scores), source)
-    model.thresholds.copy_(calibrate_thresholds(model, train_set, cfg, device, latents["train"]))
+    model.thresholds.copy_(calibrate_thresholds(model, train_set, cfg, device, data["train"]))
     log.info("calibrated thresholds: %s", dict(zip(INSTRUMENTS, model.thresholds.tolist())))
     report = final_report(state, time.perf_counter() - started)
     report["melody_choice"] = state.melody_choice
@@ -407,33 +472,41 @@ def train(cfg: TrainConfig) -> dict:
 
 def run_stage(model: BandModel, stage: str, train_set: Corpus, valid_set: Corpus, cfg: TrainConfig,
               state: TrainState, out: Path, device: torch.device, moments, meta, started: float,
-              data: dict[str, MlpData]) -> None:
+              data: dict[str, MlpData], ranks: Dist = Dist()) -> None:
     opt = torch.optim.Adam(stage_parameters(model, stage), lr=cfg.lr)
     if state.stage == stage and moments is not None:
         restore_optimizer(opt, moments, meta["param_groups"])
     if state.stage != stage:
         state.stage, state.epoch = stage, 0
     epochs = cfg.vae_epochs if stage == "vae" else cfg.nn_epochs
-    progress = tqdm(range(state.epoch, epochs), desc=f"{stage}", unit="epoch", initial=state.epoch, total=epochs)
+    step = VaeStage(model.vaes)
+    trained = (DistributedDataParallel(step, device_ids=[device] if device.type == "cuda" else None)
+               if ranks.world > 1 else step)  # gradients averaged over the ranks after each backward
+    progress = tqdm(range(state.epoch, epochs), desc=f"{stage}", unit="epoch", initial=state.epoch, total=epochs,
+                    disable=not ranks.main)
     for epoch in progress:
         rng = np.random.default_rng([cfg.seed, STAGES.index(stage), epoch])  # resumable shuffles
         torch.manual_seed(cfg.seed * 1000 + STAGES.index(stage) * 100 + epoch)
+        began = time.perf_counter()
         if stage == "vae":
-            train_m = vae_epoch(model, train_set, opt, cfg, rng, device, f"vae {epoch + 1}/{epochs}")
-            valid_m = vae_epoch(model, valid_set, None, cfg, None, device, "validate")
+            train_m = vae_epoch(model, train_set, opt, cfg, rng, device, f"vae {epoch + 1}/{epochs}", ranks, trained)
+            bars_per_s = len(train_set) / (time.perf_counter() - began)
+            valid_m = vae_epoch(model, valid_set, None, cfg, None, device, "validate", ranks, step)
         else:
             train_m = mlp_epoch(model, stage, data["train"], opt, cfg, rng)
+            bars_per_s = len(data["train"]) / (time.perf_counter() - began)
             valid_m = mlp_epoch(model, stage, data["valid"], None, cfg, None)
         state.epoch = epoch + 1
         state.seconds = time.perf_counter() - started
         state.history.append({"stage": stage, "epoch": epoch + 1, "seconds": round(state.seconds, 1),
-                              "train": train_m, "valid": valid_m})
+                              "train": train_m, "valid": valid_m, "train_bars_per_s": round(bars_per_s, 1)})
         progress.set_postfix(train=f"{sum(v for k, v in train_m.items() if k.startswith('loss')):.3f}",
                              valid=f"{sum(v for k, v in valid_m.items() if k.startswith('loss')):.3f}")
         log.info("%s epoch %d/%d  valid %s", stage, epoch + 1, epochs, _fmt(valid_m))
-        keep_if_best(out, model, stage, state, valid_m)
-        save_state(out, model, opt, cfg, state)
-    restore_best(out, model, stage, state)
+        keep_if_best(out, model, stage, state, valid_m, write=ranks.main)
+        if ranks.main:
+            save_state(out, model, opt, cfg, state)
+    restore_best(out, model, stage, state, ranks)
 
 
 def stage_prefix(stage: str) -> str:
@@ -448,10 +521,14 @@ def selection_score(stage: str, valid: dict) -> float:
     return sum(v for k, v in valid.items() if k.startswith("loss"))
 
 
-def keep_if_best(out: Path, model: BandModel, stage: str, state: TrainState, valid: dict) -> None:
-    """Save the stage's weights when validation improves: the MLPs overfit after a few epochs."""
+def keep_if_best(out: Path, model: BandModel, stage: str, state: TrainState, valid: dict, write: bool = True) -> None:
+    """Save the stage's weights when validation improves: the MLPs overfit after a few epochs.
+    Every rank keeps the score (the metrics are the same on all); only rank 0 `write`s."""
     loss = selection_score(stage, valid)
     if stage in state.best and loss >= state.best[stage][0]:
+        return
+    state.best[stage] = [loss, state.epoch]
+    if not write:
         return
     folder = out / STATE_DIR
     folder.mkdir(parents=True, exist_ok=True)
@@ -459,16 +536,17 @@ def keep_if_best(out: Path, model: BandModel, stage: str, state: TrainState, val
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k.startswith(prefix)}
     save_file(weights, str(folder / f"best-{stage}.safetensors.tmp"))
     os.replace(folder / f"best-{stage}.safetensors.tmp", folder / f"best-{stage}.safetensors")
-    state.best[stage] = [loss, state.epoch]
 
 
-def restore_best(out: Path, model: BandModel, stage: str, state: TrainState) -> None:
-    """End a stage on its best validation epoch, not its last."""
+def restore_best(out: Path, model: BandModel, stage: str, state: TrainState, ranks: Dist = Dist()) -> None:
+    """End a stage on its best validation epoch, not its last: rank 0 reads it, the others get it."""
     if stage not in state.best:
         return
-    weights = load_file(str(out / STATE_DIR / f"best-{stage}.safetensors"))
-    model.load_state_dict(weights, strict=False)
-    log.info("%s: keeping epoch %d (validation score %.4g)", stage, state.best[stage][1], state.best[stage][0])
+    if ranks.main:
+        weights = load_file(str(out / STATE_DIR / f"best-{stage}.safetensors"))
+        model.load_state_dict(weights, strict=False)
+        log.info("%s: keeping epoch %d (validation score %.4g)", stage, state.best[stage][1], state.best[stage][0])
+    ranks.broadcast_tensors([t for k, t in model.state_dict().items() if k.startswith(stage_prefix(stage))])
 
 
 def _fmt(metrics: dict) -> str:
@@ -534,9 +612,10 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
 
 def _train_command(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    if (out / STATE_DIR / "state.json").exists() and not args.resume:
+    main_rank = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 reads and writes OUT
+    if main_rank and (out / STATE_DIR / "state.json").exists() and not args.resume:
         raise ValueError(f"{out} holds a training run; add --resume to continue it or pick a new --out")
-    if args.resume and not (out / STATE_DIR / "state.json").exists():
+    if main_rank and args.resume and not (out / STATE_DIR / "state.json").exists():
         raise ValueError(f"--resume: {out} holds no training state")
     if min(args.vae_epochs, args.nn_epochs, args.batch_size) < 1 or not math.isfinite(args.lr) or args.lr <= 0:
         raise ValueError("epochs and batch size must be >= 1 and --lr > 0")
@@ -550,11 +629,12 @@ def _train_command(args: argparse.Namespace) -> int:
     channels = tuple(int(c) for c in args.channels.split(","))
     model = BandConfig(latent=args.latent, channels=channels, likelihood=args.likelihood, arch=args.arch,
                        context=args.context).to_dict()
-    if args.resume:
+    if args.resume and main_rank:  # the other ranks get rank 0's config in train()
         model = json.loads((out / STATE_DIR / "state.json").read_text())["train"]["model"]
     cfg = TrainConfig(data=args.data, out=args.out, device=args.device, seed=args.seed,
                       vae_epochs=args.vae_epochs, nn_epochs=args.nn_epochs, batch_size=args.batch_size,
                       lr=args.lr, max_bars=args.max_bars, model=model)
     report = train(cfg)
-    print(json.dumps(report, indent=1))
+    if report:  # rank 0's (the only one under torchrun)
+        print(json.dumps(report, indent=1))
     return 0
