@@ -17,6 +17,7 @@ from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.osc_packet import OscPacket
 
 from bridge.bench import find_port  # noqa: F401 - re-exported: one copy of the JACK port helpers
+from bridge.midi_io import INPUT_POLL_S, batch_times
 
 
 REPO = Path(__file__).resolve().parents[2]
@@ -48,31 +49,48 @@ class Received:
 class BandInput:
     """A recording JACK input of the test's (a DAW track's MIDI input), by python-rtmidi directly:
     mido drops Active Sensing, which the daemon sends last on each port as it closes, so `ended`
-    tells exactly when everything the daemon sent has arrived (no sleeping on the wall clock)."""
+    tells exactly when everything the daemon sent has arrived (no sleeping on the wall clock).
+
+    Read from RtMidi's queue by a thread of ours, as the daemon reads its input (bridge.midi_io):
+    a Python callback would run in JACK's process thread, where it waits for the GIL; closing the
+    port with the GIL held then waits for a cycle that callback cannot finish (a hung test).
+    """
 
     def __init__(self, client_name: str, port: str) -> None:
         import rtmidi
 
         self.client_name = client_name  # unique per test, so JACK keeps it as given
-        self.received: list[Received] = []  # appended on the JACK thread
+        self.received: list[Received] = []  # appended by the reader thread
         self.ended = threading.Event()  # set when the daemon's closing marker arrives
-        self._rt = rtmidi.MidiIn(rtmidi.API_UNIX_JACK, client_name)
+        self._halt = threading.Event()  # set by close(): the reader ends
+        self._rt = rtmidi.MidiIn(rtmidi.API_UNIX_JACK, client_name, queue_size_limit=8192)
         self._rt.ignore_types(sysex=True, timing=True, active_sense=False)
         self._rt.open_virtual_port(port)
-        self._rt.set_callback(self._on_message)
+        self._reader = threading.Thread(target=self._read, name=f"band-input:{client_name}", daemon=True)
+        self._reader.start()
 
-    def _on_message(self, event: tuple[list[int], float], data: object = None) -> None:
-        if event[0] == [0xFE]:
-            self.ended.set()
-            return
-        self.received.append(Received(time.perf_counter(), mido.Message.from_bytes(event[0])))
+    def _read(self) -> None:
+        while not self._halt.is_set():
+            batch = []
+            while (event := self._rt.get_message()) is not None:
+                batch.append(event)
+            if not batch:
+                time.sleep(INPUT_POLL_S)
+                continue
+            # arrival times from RtMidi's JACK-frame deltas, placed back from the newest
+            for (data, _), t in zip(batch, batch_times([delta for _, delta in batch], time.perf_counter())):
+                if data == [0xFE]:
+                    self.ended.set()
+                else:
+                    self.received.append(Received(t, mido.Message.from_bytes(data)))
 
     def wait_ended(self, timeout: float = 10.0) -> None:
         assert self.ended.wait(timeout), (f"the closing marker never came: the port was not drained "
                                           f"({len(self.received)} messages came)")
 
     def close(self) -> None:
-        self._rt.cancel_callback()
+        self._halt.set()
+        self._reader.join()
         self._rt.close_port()
         self._rt.delete()
 

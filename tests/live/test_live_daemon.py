@@ -364,30 +364,22 @@ def test_record_on_and_off_over_osc_writes_one_take(start_daemon, connect_client
 
 
 def test_reconnects_a_named_output_port_that_comes_back(start_daemon, jack_server) -> None:
-    from .harness import Received, unique
+    from .harness import BandInput, unique
 
-    backend = mido.Backend("mido.backends.rtmidi/UNIX_JACK")
     sink = unique("vjsink")
-    heard: list[Received] = []
-
-    def open_sink():
-        return backend.open_input("band", client_name=sink,
-                                  callback=lambda msg: heard.append(Received(time.perf_counter(), msg)))
-
-    port = open_sink()
+    port = BandInput(sink, "band")  # read by a thread of ours: no Python in JACK's process thread
     daemon = start_daemon("--out-port", f"{sink}:band")
     time.sleep(0.3)
     daemon.osc("/vaejam/panic")  # CC 123 on every band channel: proof the output is connected
     time.sleep(0.3)
-    assert any(r.msg.type == "control_change" for r in heard)
+    assert any(r.msg.type == "control_change" for r in port.received)
     port.close()
     time.sleep(2.5)  # the daemon notices within ~1 s
-    heard.clear()
-    port = open_sink()
+    port = BandInput(sink, "band")
     time.sleep(2.5)
     daemon.osc("/vaejam/panic")
     time.sleep(0.3)
-    assert any(r.msg.type == "control_change" for r in heard), "".join(daemon.stderr)[-2000:]
+    assert any(r.msg.type == "control_change" for r in port.received), "".join(daemon.stderr)[-2000:]
     port.close()
     assert daemon.stop() == 0
 
