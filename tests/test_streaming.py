@@ -103,13 +103,15 @@ def test_training_from_shards_equals_training_from_npz(corpora, tmp_path) -> Non
 @pytest.mark.slow
 def test_peak_memory_stays_flat_from_n_to_10n_songs(tmp_path) -> None:
     """`vaejam train` (a child process each) on 60 and 600 synthetic LPD-5 songs of 16 bars: the
-    larger corpus is ~180 MB more on disk (a third of the child's memory), yet its peak RSS grows
-    by at most 20 %. (`python -m training.rss_bench` runs 1,000 vs 10,000 songs.)"""
+    larger corpus is ~170 MB more on disk (more than a fifth of the child's memory), yet its peak
+    RSS grows by at most 20 %. (`python -m training.rss_bench` runs 1,000 vs 10,000 songs.)"""
     peaks, sizes = [], []
     for n_songs in (60, 600):
         corpus = tmp_path / f"shards-{n_songs}"
         write_synthetic_shards(corpus, n_songs, 16)
         sizes.append(sum(p.stat().st_size for p in corpus.glob("*.npy")) / 2**20)
         peaks.append(peak_rss_mb(train_command(corpus, tmp_path / f"model-{n_songs}", batch_size=128))[0])
-    assert sizes[1] - sizes[0] > 0.3 * peaks[0]  # held in memory, the corpus would break the bound
+    # held in memory, the extra bars alone would break the bound (if the child's own memory grows
+    # past five times the difference, this test needs bigger corpora to mean anything)
+    assert sizes[1] - sizes[0] > 0.2 * peaks[0], f"corpora of {sizes} MB, child peak {peaks[0]} MB"
     assert peaks[1] <= 1.2 * peaks[0], f"peak RSS {peaks} MB for corpora of {sizes} MB"
