@@ -78,14 +78,24 @@ BLOCK = 50  # bars per variant before the next one takes over
 
 
 def _engine(model_dir: str | None, device: str, weights: str = "auto", decode_piano: bool = True):
-    from models.checkpoint import load_band_model
-    from models.engine import BandEngine
-    from models.style import load_style_banks
+    """Any system's engine (models.systems); `weights` applies to VAE-NN only."""
+    from models.systems import load_engine
 
-    model = load_band_model(model_dir)
-    engine = BandEngine(model, load_style_banks(model_dir, model), device, weights=weights, decode_piano=decode_piano)
+    engine = load_engine(model_dir, device, decode_piano=decode_piano, weights=weights)
     engine.warmup()
     return engine
+
+
+def _variants(model_dir: str | None, device: str) -> list[tuple[str, str, bool]]:
+    """VARIANTS for VAE-NN (int8 where it is fast); a baseline has one network path, with and
+    without its predicted piano."""
+    from models.fused import compact_weights_fast
+    from models.systems import is_baseline, model_arch
+
+    if is_baseline(model_dir):
+        arch = model_arch(model_dir)
+        return [(arch, "auto", True), (f"{arch}, no piano", "auto", False)]
+    return [v for v in VARIANTS if v[1] != "int8" or compact_weights_fast(device)]
 
 
 def worker_bar_ms(engine, bar: int) -> float:
@@ -104,10 +114,9 @@ def inference_latency(model_dir: str | None, device: str, bars: int) -> dict[str
     import torch
 
     from bridge.daemon import TORCH_THREADS
-    from models.fused import compact_weights_fast
 
     torch.set_num_threads(TORCH_THREADS)
-    variants = [v for v in VARIANTS if v[1] != "int8" or compact_weights_fast(device)]
+    variants = _variants(model_dir, device)
     engines = {label: _engine(model_dir, device, weights, piano) for label, weights, piano in variants}
     times: dict[str, list[float]] = {label: [] for label in engines}
     for start in range(0, bars, BLOCK):
@@ -460,9 +469,9 @@ def report(inference: dict[str, dict], live: list[LiveResult], command: str, mod
              "| device, path | bars | p50 ms | p99 ms | max ms | ratio p50 | ratio p99 |", "|---|---|---|---|---|---|---|"]
     for name, s in inference.items():
         device = name.split(",")[0]
-        ref = inference.get(f"{device}, nn modules", s)
-        lines.append(f"| {name} | {s['n']} | {s['p50']:.2f} | {s['p99']:.2f} | {s['max']:.2f} | "
-                     f"{s['p50'] / ref['p50']:.2f} | {s['p99'] / ref['p99']:.2f} |")
+        ref = inference.get(f"{device}, nn modules")  # none for a baseline: no reference path to compare
+        ratios = f"{s['p50'] / ref['p50']:.2f} | {s['p99'] / ref['p99']:.2f}" if ref else "— | —"
+        lines.append(f"| {name} | {s['n']} | {s['p50']:.2f} | {s['p99']:.2f} | {s['max']:.2f} | {ratios} |")
     if threaded:
         lines += ["", "### The same job in a worker thread beside a Python thread waking every 1 ms (as in the daemon)", "",
                   "| GIL switch interval | bars | p50 ms | p99 ms | max ms |", "|---|---|---|---|---|"]

@@ -153,25 +153,26 @@ class Housekeeper(threading.Thread):
 
 
 def load_engine(model_dir: str | None, device: str):
-    """(engine, model directory shown to the user); StartupError for a missing or corrupt model."""
-    from models.checkpoint import DEFAULT_MODEL_DIR, CheckpointError, load_band_model
-    from models.engine import BandEngine
-    from models.style import load_style_banks
+    """(engine, model directory shown to the user, device); StartupError for a missing or corrupt
+    model. Any system's folder (VAE-NN or a baseline, models.systems) loads; baselines have no styles."""
+    from models.checkpoint import DEFAULT_MODEL_DIR, CheckpointError
+    from models.systems import load_engine as load_system
 
     where = model_dir or str(DEFAULT_MODEL_DIR)
     try:
-        model = load_band_model(model_dir)
-        styles = load_style_banks(model_dir, model)
+        engine = load_system(model_dir)
+        chosen = pick_device(lambda target: load_system(model_dir, target), device)
+        if chosen != "cpu":
+            engine = load_system(model_dir, chosen)
     except (CheckpointError, OSError) as err:
         raise StartupError(f"cannot load the model: {err}") from err
-    chosen = pick_device(model, styles, device)
-    engine = BandEngine(model, styles, chosen)
     engine.warmup()
     return engine, where, chosen
 
 
-def pick_device(model, styles, choice: str, steps: int = 20) -> str:
-    """'auto': time a few bars on each device and keep the faster (a small model is often faster on CPU)."""
+def pick_device(make_engine, choice: str, steps: int = 20) -> str:
+    """'auto': time a few bars on each device and keep the faster (a small model is often faster on
+    CPU). make_engine(device) builds the engine to time."""
     import torch
 
     if choice == "cuda" and not torch.cuda.is_available():
@@ -181,17 +182,13 @@ def pick_device(model, styles, choice: str, steps: int = 20) -> str:
         return choice
     if not torch.cuda.is_available():
         return "cpu"
-    timings = {device: _median_step_ms(model, styles, device, steps) for device in ("cpu", "cuda")}
+    timings = {device: _median_step_ms(make_engine(device), steps) for device in ("cpu", "cuda")}
     best = min(timings, key=timings.get)
     log.info("device auto: median step %s -> %s", ", ".join(f"{d} {ms:.2f} ms" for d, ms in timings.items()), best)
-    model.to("cpu")
     return best
 
 
-def _median_step_ms(model, styles, device: str, steps: int) -> float:
-    from models.engine import BandEngine
-
-    engine = BandEngine(model, styles, device)
+def _median_step_ms(engine, steps: int) -> float:
     engine.warmup()
     rng = np.random.default_rng(0)
     times = []

@@ -1,4 +1,5 @@
 """`vaejam render`: a MIDI file's piano part through the bar engine, bar by bar, as live would.
+--model takes any system's folder (VAE-NN or a baseline: models.systems).
 
 The band answers one bar late, exactly as in a jam: bar t+1 of the band comes from bar t of the
 piano, so the band is silent in the first bar.
@@ -20,11 +21,10 @@ from models.bars import (
     BAND, INSTRUMENTS, N_PITCHES, STEPS_PER_BAR, Song, bars_to_instrument, midi_to_song, roll_notes,
 )
 from models.chords import HARMONY_CHORDS, ChordFollower, fit_bar, notes_roll
-from models.checkpoint import load_band_model
 from models.controls import Controls
-from models.engine import BandEngine
+from models.engine import BandEngine, BarEngine
 from models.files import MIDI_SUFFIXES, atomic_write, check_distinct, check_input_file, check_output_file
-from models.style import load_style_banks
+from models.systems import load_engine, model_arch
 
 @dataclass
 class RenderResult:
@@ -33,7 +33,7 @@ class RenderResult:
     step_ms: list[float]  # engine time per bar
 
 
-def play_bars(engine: BandEngine, bars: np.ndarray, progress: bool = False) -> tuple[np.ndarray, list[float]]:
+def play_bars(engine: BarEngine, bars: np.ndarray, progress: bool = False) -> tuple[np.ndarray, list[float]]:
     """The band over a song's piano part (n, 5, 32, 128), one bar at a time as live: bar t+1 of
     the band from piano bar t. Returns the played piano plus the band's bars, and ms per step."""
     band = np.zeros_like(bars)
@@ -52,7 +52,7 @@ def play_bars(engine: BandEngine, bars: np.ndarray, progress: bool = False) -> t
     return band, step_ms
 
 
-def render_song(engine: BandEngine, song: Song, progress: bool = False) -> RenderResult:
+def render_song(engine: BarEngine, song: Song, progress: bool = False) -> RenderResult:
     """Feed the song's piano bars through the engine one at a time."""
     return RenderResult(song, *play_bars(engine, song.bars, progress))
 
@@ -129,14 +129,16 @@ def _render_command(args: argparse.Namespace) -> int:
 
     _check_paths(args)
     check_device(args.device)
-    model = load_band_model(args.model, device=args.device)
-    styles = load_style_banks(args.model, model)
+    engine = load_engine(args.model, args.device)  # VAE-NN or a baseline, by the folder's arch
     controls = controls_from_args(args)
     if args.style:
-        styles, style_name = _resolve_style(model, styles, args.style)
+        if not isinstance(engine, BandEngine):
+            raise ValueError(f"--style: {args.model} is a baseline ({model_arch(args.model)}), which has no styles")
+        engine.styles, style_name = _resolve_style(engine.model, engine.styles, args.style)
         controls = controls.updated("style", style_name)
     song = midi_to_song(args.song, piano_track=_track_arg(args.piano_track))
-    engine = BandEngine(model, styles, device=args.device, controls=controls)
+    engine.set_controls(controls)
+    engine.reset()
     started = time.perf_counter()
     result = render_song(engine, song, progress=True)
     seconds = time.perf_counter() - started

@@ -27,12 +27,12 @@ import torch
 from tqdm import tqdm
 
 from models.bars import INSTRUMENTS
-from models.checkpoint import load_band_model
 from models.controls import Controls
-from models.engine import BandEngine
+from models.engine import BandEngine, BarEngine
 from models.files import atomic_write, atomic_write_text, check_output_file
 from models.networks import BandModel
 from models.render import play_bars, plot_bars
+from models.systems import load_engine
 from training.baselines_rule import one_bar_late, rule_alone
 from training.corpus import Corpus, load_corpus
 from training.metrics import (
@@ -112,7 +112,7 @@ def reconstruction_scores(model: BandModel, corpus: Corpus, batch: int = 256) ->
     return scores
 
 
-def play_song(engine: BandEngine, bars: np.ndarray, controls: Controls) -> tuple[np.ndarray, list[float]]:
+def play_song(engine: BarEngine, bars: np.ndarray, controls: Controls) -> tuple[np.ndarray, list[float]]:
     """The band over a song's piano part under `controls`, as live, from a fresh start."""
     engine.set_controls(controls)
     engine.reset()
@@ -126,7 +126,7 @@ class SongRun(NamedTuple):
     fit_ms: list[float]  # the rule's chord fit per bar
 
 
-def run_song(engine: BandEngine, bars: np.ndarray, rng: np.random.Generator) -> SongRun:
+def run_song(engine: BarEngine, bars: np.ndarray, rng: np.random.Generator) -> SongRun:
     """Every system in SYSTEMS over one song, and the variation renders."""
     step_ms: list[float] = []
 
@@ -154,11 +154,13 @@ def song_variation(systems: dict[str, np.ndarray], render) -> dict:
     return {"seeds": seeds, "noise": noise}
 
 
-def evaluate(model: BandModel, corpus: Corpus, songs: int, max_bars: int = 64, seed: int = 0) -> Evaluation:
-    """The musical report's numbers over the first `max_bars` bars of the first `songs` songs."""
+def evaluate(model: BandModel | BarEngine, corpus: Corpus, songs: int, max_bars: int = 64, seed: int = 0) -> Evaluation:
+    """The musical report's numbers over the first `max_bars` bars of the first `songs` songs.
+    `model`: VAE-NN's model, or any system's engine (a baseline has no reconstruction F1)."""
     if songs < 1 or max_bars < 2:
         raise ValueError(f"songs must be >= 1 and max_bars >= 2, got {songs} and {max_bars}")
-    engine, rng = BandEngine(model), np.random.default_rng(seed)
+    engine = model if isinstance(model, BarEngine) else BandEngine(model)
+    rng = np.random.default_rng(seed)
     reports: dict[str, list] = {s.key: [] for s in SYSTEMS}
     musegan: dict[str, list] = {s.key: [] for s in SYSTEMS}
     variations, step_ms, fit_ms, example, example_start = [], [], [], {}, 0
@@ -182,7 +184,7 @@ def evaluate(model: BandModel, corpus: Corpus, songs: int, max_bars: int = 64, s
         "parts": {key: mean_harmony_report(r) for key, r in reports.items()},
         "variation": mean_variation(variations),
         "step_ms": percentiles(step_ms), "fit_ms": percentiles(fit_ms),
-        "reconstruction_f1": reconstruction_scores(model, corpus),
+        "reconstruction_f1": reconstruction_scores(engine.model, corpus) if isinstance(engine, BandEngine) else {},
         "metrics": transpose_metrics({s.label: mean_metrics(musegan[s.key]) for s in SYSTEMS}),
         "example": {"song": corpus.names[0], "first_bar": example_start},
     }
@@ -317,7 +319,7 @@ def report_markdown(result: dict, model_dir: str, data: str, split: str,
         *_pictures_section(result, pictures),
         "## Time per bar",
         "",
-        f"Engine step (BandEngine.step, every bar rendered): p50 {result['step_ms']['p50']:.2f} ms, "
+        f"Engine step (engine.step, every bar rendered): p50 {result['step_ms']['p50']:.2f} ms, "
         f"p99 {result['step_ms']['p99']:.2f} ms over {result['step_ms']['bars']} bars. Chord fit of one bar "
         f"(fit_bar, timed in the causal rule): p50 {result['fit_ms']['p50']:.2f} ms, "
         f"p99 {result['fit_ms']['p99']:.2f} ms.",
@@ -382,6 +384,8 @@ def _pictures_section(result: dict, pictures: dict[str, str] | None) -> list[str
 
 
 def _f1_section(result: dict) -> list[str]:
+    if not result["reconstruction_f1"]:  # a baseline: no VAE to reconstruct with
+        return []
     lines = ["## Reconstruction F1", "",
              "Cell F1 of decode(encode_mean(bar)) against the bar, every bar of the split:", "",
              "| threshold | " + " | ".join(INSTRUMENTS) + " |", "|---|" + "---:|" * len(INSTRUMENTS)]
@@ -400,7 +404,18 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--songs", type=int, default=20, help="songs to play the band over")
     parser.add_argument("--bars", type=int, default=64, help="first bars of each song to play (at least 2)")
     parser.add_argument("--out", default=None,
-                        help="write the Markdown report here, with a .json and PNG plots beside it")
+                        help="write the Markdown report here, with a .json and PNG plots beside it; with "
+                             "--baselines a folder (REPORT_DIR/report.md) or a .md file")
+    parser.add_argument("--baselines", default=None, metavar="all|NAME,NAME",
+                        help="instead: one report comparing real data, shuffled bars, VAE-NN (--model) and "
+                             "these baselines (training.compare)")
+    parser.add_argument("--baseline-models", default=None, metavar="DIR",
+                        help="with --baselines: trained baselines as DIR/<arch>/ (default: REPORT_DIR/models); "
+                             "missing cnn and gru folders are trained there first")
+    parser.add_argument("--train-data", default=None, metavar="DIR",
+                        help="with --baselines: corpus to train missing baselines on (default: --data's train split)")
+    parser.add_argument("--baseline-epochs", type=int, default=None,
+                        help="with --baselines: epochs for baselines trained by eval (default: each arch's)")
     parser.set_defaults(func=_eval_command)
 
 
@@ -409,12 +424,15 @@ def _eval_command(args: argparse.Namespace) -> int:
         raise ValueError("--songs must be >= 1")
     if args.bars < 2:
         raise ValueError("--bars must be >= 2: the band answers one bar late")
+    if args.baselines is not None:
+        from training.compare import compare_command
+        return compare_command(args)
     if args.out:  # before minutes of work, not after
         check_output_file(args.out, "--out", (".md",))
     from bridge.daemon import TORCH_THREADS
 
     torch.set_num_threads(TORCH_THREADS)  # time per bar as live: one intra-op thread, as the daemon runs
-    model = load_band_model(args.model)
+    model = load_engine(args.model)  # VAE-NN or a baseline, by the folder's arch
     corpus = load_corpus(args.data, args.split)
     started = time.perf_counter()
     evaluation = evaluate(model, corpus, args.songs, args.bars)

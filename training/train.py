@@ -601,7 +601,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
                         help="context: MelodyNN sees the last --context piano bars and the piano's chroma, "
                              "ConditionalNNs learn from its predictions; article: the paper's exact path; "
                              "the others are the article's baselines (models.baselines)")
-    parser.add_argument("--epochs", type=int, default=20, help="training epochs of a baseline --arch")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="training epochs of a baseline --arch (default: the arch's EPOCHS, else 20)")
     parser.add_argument("--context", type=int, default=4, help="piano bars MelodyNN sees (arch context)")
     parser.add_argument("--max-bars", type=int, default=None, help="use at most this many training bars")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/train_state")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -33,17 +33,26 @@ class BaselineTrainConfig:
     lr: float = 1e-3
     max_bars: int | None = None
     resume: bool = False
+    model: dict = field(default_factory=dict)  # overrides of the arch's Config (tests: a tiny size)
 
 
 def train_baseline(args: argparse.Namespace) -> int:
     """`vaejam train --arch NAME` for a baseline: its module's trainer, the report printed."""
+    trainer = importlib.import_module(f"training.baselines.{args.arch}")
+    epochs = args.epochs if args.epochs is not None else default_epochs(args.arch)
+    if epochs < 1:
+        raise ValueError("--epochs must be >= 1")
     cfg = BaselineTrainConfig(arch=args.arch, data=args.data, out=args.out, device=args.device, seed=args.seed,
-                              epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                              epochs=epochs, batch_size=args.batch_size, lr=args.lr,
                               max_bars=args.max_bars, resume=args.resume)
-    trainer = importlib.import_module(f"training.baselines.{cfg.arch}")
     report = trainer.train(cfg)
     print(json.dumps(report, indent=1))
     return 0
+
+
+def default_epochs(arch: str) -> int:
+    """A trainer's own EPOCHS (sized to train on a CPU in minutes), else BaselineTrainConfig's."""
+    return int(getattr(importlib.import_module(f"training.baselines.{arch}"), "EPOCHS", BaselineTrainConfig.epochs))
 
 
 @torch.inference_mode()
@@ -58,6 +67,5 @@ def calibrate_thresholds(predicted: torch.Tensor, real: np.ndarray) -> list[floa
         value = float(cells.kthvalue(max(1, cells.numel() - active)).values) if active else 0.95
         thresholds.append(min(0.95, max(0.005, value)))
     return thresholds
-
 
 
