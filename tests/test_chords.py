@@ -96,7 +96,9 @@ def test_fit_bar_is_the_beat_by_beat_path() -> None:
 
 
 def test_a_beat_costs_well_under_a_fifth_of_a_millisecond() -> None:
-    """Issue 6: under 0.2 ms per beat on one core for the whole band (three notes a part here)."""
+    """Issue 6: under 0.2 ms per beat on one core for the whole band (three notes a part here).
+    CPU time of this thread, not wall time: what other processes do to a shared machine is not the
+    fit's cost (wall time read 0.43 ms with the 2 cores at load 7)."""
     rng = np.random.default_rng(0)
     previous = (rng.random((STEPS_PER_BAR, N_PITCHES)) > 0.97).astype(np.float32)
     parts = {name: [Note(int(s), int(s) + 4, int(p), 90) for s, p in zip(rng.integers(0, 8, 3), rng.integers(40, 80, 3))]
@@ -104,9 +106,9 @@ def test_a_beat_costs_well_under_a_fifth_of_a_millisecond() -> None:
     follower = ChordFollower()
     times = []
     for beat in range(200):
-        started = time.perf_counter()
+        started = time.thread_time()
         harmony = Harmony(heard_context(previous, previous, beat % 4))
         for name, notes in parts.items():
             follower.fit_beat(name, notes, harmony, 32 + 8 * beat)
-        times.append(time.perf_counter() - started)
+        times.append(time.thread_time() - started)
     assert np.median(times) < 0.2e-3, f"median {np.median(times) * 1e3:.3f} ms per beat"
