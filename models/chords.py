@@ -56,10 +56,12 @@ class Harmony:
         chroma = np.bincount(PITCH_CLASS, weights=per_pitch, minlength=12)
         self.chroma = chroma
         self.tones: frozenset[int] = frozenset()
+        self.by_weight: tuple[int, ...] = ()  # the chord tones, heaviest first (voicing order)
         self.root: int | None = None
         if chroma.max() > 0:
             order = np.argsort(-chroma, kind="stable")[:MAX_CHORD_TONES]
-            self.tones = frozenset(int(pc) for pc in order if chroma[pc] >= CHORD_SHARE * chroma.max())
+            self.by_weight = tuple(int(pc) for pc in order if chroma[pc] >= CHORD_SHARE * chroma.max())
+            self.tones = frozenset(self.by_weight)
             self.root = _lowest_class(beats, self.tones)
 
     def __bool__(self) -> bool:
@@ -87,13 +89,12 @@ def _nearest(pitch: int, classes: frozenset[int] | set[int], toward: int | None,
              busy: set[int], low: int = 0, high: int = N_PITCHES - 1) -> int | None:
     """The nearest pitch in [low, high] of one of `classes` that is not sounding; ties toward
     `toward` (the voice's last pitch), else down. None when none is within an octave."""
-    def free(p: int) -> bool:
-        return low <= p <= high and p % 12 in classes and p not in busy
-
-    if free(pitch):
+    # the 25 candidates' verdicts at once (a closure called per candidate cost half the fit)
+    free = [low <= p <= high and p % 12 in classes and p not in busy for p in range(pitch - 12, pitch + 13)]
+    if free[12]:
         return pitch
     for distance in range(1, 13):
-        down, up = free(pitch - distance), free(pitch + distance)
+        down, up = free[12 - distance], free[12 + distance]
         if down and up:
             return pitch + distance if toward is not None and toward > pitch else pitch - distance
         if down or up:
@@ -152,8 +153,7 @@ class ChordFollower:
         for start in sorted({n.start for n in notes}):
             group = [n for n in notes if n.start == start]
             have = {n.pitch % 12 for n in group}
-            missing = [pc for pc in np.argsort(-harmony.chroma, kind="stable") if int(pc) in harmony.tones
-                       and int(pc) not in have][:max(0, VOICE_TONES - len(have))]
+            missing = [pc for pc in harmony.by_weight if pc not in have][:max(0, VOICE_TONES - len(have))]
             low = min(n.pitch for n in group)
             template = min(group, key=lambda n: n.pitch)
             now = beat_start + start % STEPS_PER_BEAT
