@@ -89,17 +89,20 @@ def _nearest(pitch: int, classes: frozenset[int] | set[int], toward: int | None,
              busy: set[int], low: int = 0, high: int = N_PITCHES - 1) -> int | None:
     """The nearest pitch in [low, high] of one of `classes` that is not sounding; ties toward
     `toward` (the voice's last pitch), else down. None when none is within an octave."""
-    # the 25 candidates' verdicts at once (a closure called per candidate cost half the fit)
-    free = [low <= p <= high and p % 12 in classes and p not in busy for p in range(pitch - 12, pitch + 13)]
-    if free[12]:
-        return pitch
-    for distance in range(1, 13):
-        down, up = free[12 - distance], free[12 + distance]
-        if down and up:
-            return pitch + distance if toward is not None and toward > pitch else pitch - distance
-        if down or up:
-            return pitch - distance if down else pitch + distance
-    return None
+    up_wins = toward is not None and toward > pitch
+    best, best_key = None, (13, 2)
+    for pc in classes:  # per class, its pitches within an octave either side (3, not 25 checks)
+        below = pitch - (pitch - pc) % 12  # the class's pitch at or below `pitch`
+        for candidate in (below - 12, below, below + 12):
+            distance = abs(candidate - pitch)
+            if distance > 12 or not low <= candidate <= high or candidate in busy:
+                continue
+            key = (distance, 0 if distance == 0 or (candidate > pitch) == up_wins else 1)
+            if key < best_key:
+                best, best_key = candidate, key
+        if best_key[0] == 0:
+            break
+    return best
 
 
 class ChordFollower:
