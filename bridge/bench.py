@@ -10,6 +10,8 @@
   JACK timeline, frame-accurate, so a band note-on's error is its frame minus the frame of the step
   clock that is due to play it (p50/p99/max in ms and in JACK periods). Also late bars (from
   /vaejam/status), start-up time to the ready line, and peak RSS (VmHWM).
+- Ableton Link (bridge.bench_link, when the link extra is installed): the daemon with `--clock link`
+  joins a Link peer of this process; its beat ticks against the peer's beats on the host clock.
 """
 from __future__ import annotations
 
@@ -42,7 +44,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", metavar="DIR", help="model directory (default: the shipped models/default)")
     p.add_argument("--bars", type=int, default=500, help="bars per inference benchmark (default: 500)")
     p.add_argument("--bpm", default="120,200", help="tempos for the live runs, comma-separated (default: 120,200)")
-    p.add_argument("--seconds", type=float, default=30.0, help="length of each live run (default: 30)")
+    p.add_argument("--seconds", type=float, default=30.0, help="length of each live run, and of each Ableton Link run (default: 30)")
     p.add_argument("--no-live", action="store_true", help="inference only (no JACK needed)")
     p.add_argument("--bands", type=lambda text: [int(n) for n in text.split(",") if n.strip()], default=[1, 2, 4],
                    metavar="N,N", help="concurrent bands (processes) to time, comma-separated (default: 1,2,4; '' for none)")
@@ -459,7 +461,9 @@ def machine() -> str:
 
 
 def report(inference: dict[str, dict], live: list[LiveResult], command: str, model: str,
-           threaded: dict[str, dict] | None = None, concurrent: list[dict] | None = None) -> str:
+           threaded: dict[str, dict] | None = None, concurrent: list[dict] | None = None,
+           link: Sequence[str] = ()) -> str:
+    """The Markdown section; `link`: bench_link.link_report's lines, placed last."""
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     lines = [f"## `{command}`", "", f"- When: {time.strftime('%Y-%m-%d %H:%M %Z')}; machine: {machine()}; "
              f"load average at the end {load} (the machine is shared: other jobs ran meanwhile)",
@@ -506,7 +510,24 @@ def report(inference: dict[str, dict], live: list[LiveResult], command: str, mod
         lines += ["", f"JACK: dummy driver, {r.period} frames at {r.rate} Hz = one period of "
                   f"{r.period / r.rate * 1000:.2f} ms. Ready s: from the bench starting the process to reading its ready "
                   "line (own: the age of the daemon's process when it printed the line)."]
+    lines += link
     return "\n".join(lines) + "\n"
+
+
+def link_runs(model_dir: str | None, tempos: list[float], seconds: float) -> list[str]:
+    """The Ableton Link runs at each tempo (bridge.bench_link) as report lines; says so when the
+    binding is missing instead."""
+    from bridge.bench_link import link_missing, link_report, link_summary, link_timing
+
+    missing = link_missing()
+    if missing:
+        print(f"link: not measured: {missing}", flush=True)
+        return link_report([], missing)
+    results = []
+    for bpm in tempos:
+        results.append(link_timing(model_dir, bpm, seconds))
+        print(link_summary(results[-1]), flush=True)
+    return link_report(results)
 
 
 def bench_command(args: argparse.Namespace) -> int:
@@ -531,6 +552,7 @@ def bench_command(args: argparse.Namespace) -> int:
     for c in concurrent:
         print(f"{c['bands']} bands: p50 {c['p50']:.2f} ms, p99 {c['p99']:.2f} ms, {c['bars_per_s']:.0f} bars/s", flush=True)
     live: list[LiveResult] = []
+    link: list[str] = []
     if not args.no_live:
         for tool in ("jackd", "jack_midi_clock", "jack_midi_dump", "jack_transport"):
             if shutil.which(tool) is None:
@@ -543,10 +565,11 @@ def bench_command(args: argparse.Namespace) -> int:
             ms = np.abs(result.errors_frames) / result.rate * 1000
             print(f"live {bpm:g} BPM: {len(ms)} note-ons, error p50 {np.percentile(ms, 50):.2f} ms, "
                   f"p99 {np.percentile(ms, 99):.2f} ms, late bars {result.status.get('late_bars')}", flush=True)
+        link = link_runs(args.model, tempos, args.seconds)
     from models.checkpoint import DEFAULT_MODEL_DIR
 
     text = report(inference, live, "vaejam bench " + " ".join(sys.argv[2:]), args.model or str(DEFAULT_MODEL_DIR),
-                  threaded, concurrent)
+                  threaded, concurrent, link)
     print(text)
     if args.write:
         with open(args.write, "a") as out:

@@ -403,26 +403,35 @@ class InternalClock(threading.Thread):
             self._errors.event(f"listener:{name}", f"clock listener {name} failed: {err!r}", logging.ERROR, True)
 
 
-REALTIME_PRIORITY = 10  # low among real-time priorities: above every normal thread, below audio/JACK (70+)
+REALTIME_PRIORITY = 10  # the clocks: low among real-time priorities, above every normal thread, below audio (70+)
+# The daemon's threads that hold the GIL for milliseconds (inference worker, OSC server): real-time too,
+# below the clocks. A clock thread needs the GIL to tick; when a normal-priority thread holding it is
+# preempted by another process, the clock waits until that thread runs again (measured: beats 5-30 ms
+# late under `stress -c 2`). Above every normal thread, such a holder is never preempted from outside,
+# so the clock waits at most about one GIL switch interval (1 ms in the daemon).
+HELPER_PRIORITY = 5
 
 
-def _raise_thread_priority() -> str:
-    """Best effort, for the calling thread: SCHED_FIFO, else nice -10 (Linux), else nothing.
+def _raise_thread_priority(priority: int = REALTIME_PRIORITY) -> str:
+    """Best effort, for the calling thread: SCHED_FIFO at `priority`, else nice -`priority` (Linux),
+    else nothing.
 
     On a loaded machine a normal thread can wake several ms late; the clock thread only sleeps and
     ticks, so a real-time priority costs others nothing. Without the right (CAP_SYS_NICE, rtprio
-    limit) it quietly stays normal.
+    limit) it quietly stays normal. SCHED_RESET_ON_FORK: threads and processes this one starts (a
+    thread torch starts, a subprocess) begin at normal priority instead of inheriting it unasked.
     """
     if hasattr(os, "sched_setscheduler"):
         try:
-            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(REALTIME_PRIORITY))  # 0: this thread
+            policy = os.SCHED_FIFO | getattr(os, "SCHED_RESET_ON_FORK", 0)
+            os.sched_setscheduler(0, policy, os.sched_param(priority))  # 0: this thread
             return "SCHED_FIFO"
         except OSError:
             pass
     if sys.platform.startswith("linux"):
         try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), -10)  # a thread id on Linux
-            return "nice -10"
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), -priority)  # a thread id on Linux
+            return f"nice -{priority}"
         except OSError:
             pass
     return "normal"

@@ -225,7 +225,7 @@ def start_daemon(args: argparse.Namespace, jack: JackServer | None = None) -> Da
         options = SessionOptions(lookahead_steps=args.lookahead_steps, autopilot=args.autopilot,
                                  echo_piano=args.echo_piano, bpm=args.bpm, record_dir=args.record,
                                  make_recorder=lambda directory: TakeRecorder(directory, channels),
-                                 realtime_clock=True)
+                                 realtime_threads=True)
         check_bpm(args.bpm)
     except (TypeError, ValueError) as err:
         raise StartupError(str(err)) from err
@@ -256,7 +256,7 @@ def start_daemon(args: argparse.Namespace, jack: JackServer | None = None) -> Da
         raise StartupError(str(err)) from err
     send.midi = midi
     try:
-        osc = OscServer(session, args.osc_host, args.osc_port)
+        osc = OscServer(session, args.osc_host, args.osc_port, realtime=True)
         osc.start()
     except OSError as err:
         # session first, as in Daemon.shutdown: its note-offs go to ports still open (no warnings)

@@ -219,12 +219,14 @@ class LinkClock(threading.Thread):
         if self._realtime:
             self.priority = _raise_thread_priority()
         while not self._halt.is_set():
+            now = self._now()
             try:
-                delay = self.service(self._now())
+                delay = self.service(now)
             except Exception as err:  # noqa: BLE001 - a Link hiccup must not end the clock thread
                 self._errors.event(type(err).__name__, f"Link clock failed: {err!r}", logging.ERROR, True)
                 delay = 0.1
-            self._sleep(min(delay, self.MAX_SLEEP_S))
+            # the delay counts from `now`: what service() itself took is already gone (absolute deadline)
+            self._sleep(max(0.0, min(delay, self.MAX_SLEEP_S) - (self._now() - now)))
         with self._lock:
             self._free = False
             stop = self._end()

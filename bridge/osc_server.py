@@ -24,7 +24,7 @@ from pythonosc import osc_bundle_builder, osc_message_builder, osc_packet
 from pythonosc.dispatcher import Dispatcher
 from pythonosc.osc_server import BlockingOSCUDPServer
 
-from bridge.clock import CountedLog
+from bridge.clock import HELPER_PRIORITY, CountedLog, _raise_thread_priority
 from bridge.osc_table import OSC_TABLE, PREFIX, STATUS_PREFIX, OscAddress, Value
 
 log = logging.getLogger(__name__)
@@ -175,7 +175,8 @@ class _Server(BlockingOSCUDPServer):
 class OscServer:
     """vaejam's OSC server on its own thread; `address` is the bound (host, port)."""
 
-    def __init__(self, target: ControlTarget, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:
+    def __init__(self, target: ControlTarget, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
+                 realtime: bool = False) -> None:
         if not isinstance(host, str):
             raise TypeError(f"host must be a string, got {type(host).__name__}")
         if isinstance(port, bool) or not isinstance(port, int):
@@ -183,6 +184,8 @@ class OscServer:
         if not 0 <= port <= 65535:
             raise ValueError(f"port {port} is outside 0-65535")
         self._target = target
+        self._realtime = realtime  # serve at HELPER_PRIORITY (bridge.clock): a status reply holds the GIL for ms
+        self.priority = "normal"  # what the serving thread got
         self._lock = threading.Lock()  # guards _counters and _thread
         self._counters = dict.fromkeys(COUNTER_KINDS, 0)  # kind -> count; _lock
         self._thread: threading.Thread | None = None  # the serving thread once started; _lock
@@ -204,7 +207,7 @@ class OscServer:
         with self._lock:
             if self._thread is not None:
                 raise RuntimeError("the OSC server was already started")
-            self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
+            self._thread = threading.Thread(target=self._serve,
                                             name=f"vaejam-osc-{self.address[1]}", daemon=True)
             self._thread.start()
         log.info("OSC control on udp %s:%d", *self.address)
@@ -227,6 +230,11 @@ class OscServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def _serve(self) -> None:
+        if self._realtime:
+            self.priority = _raise_thread_priority(HELPER_PRIORITY)
+        self._server.serve_forever(poll_interval=0.1)
 
     def _shutdown(self) -> None:
         self._server.shutdown()  # waits for serve_forever to return

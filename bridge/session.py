@@ -31,7 +31,8 @@ import mido
 import numpy as np
 
 from bridge.clock import (
-    TICKS_PER_BAR, TICKS_PER_STEP, CountedLog, InternalClock, MidiClockFollower, TICKS_PER_BEAT,
+    HELPER_PRIORITY, TICKS_PER_BAR, TICKS_PER_STEP, CountedLog, InternalClock, MidiClockFollower, TICKS_PER_BEAT,
+    _raise_thread_priority,
 )
 from bridge.link_clock import LinkClock, LinkSession
 from models.bars import BAND, N_PITCHES, STEPS_PER_BAR, Note, roll_notes  # noqa: F401 - roll_notes re-exported
@@ -115,11 +116,14 @@ class InferenceWorker(threading.Thread):
     is called, queued inference is skipped but queued recorder tasks still run, so the take is final.
     """
 
-    def __init__(self, engine: Engine, on_result: Callable[[BarResult], None], clock: Clock = time.perf_counter) -> None:
+    def __init__(self, engine: Engine, on_result: Callable[[BarResult], None], clock: Clock = time.perf_counter,
+                 realtime: bool = False) -> None:
         super().__init__(name="vaejam-inference", daemon=True)
         self.engine = engine  # used only on this thread once started
         self._on_result = on_result
         self._clock = clock
+        self._realtime = realtime  # run at HELPER_PRIORITY: never preempted by other processes holding the GIL
+        self.priority = "normal"  # what run() got
         self._jobs: queue.Queue[object] = queue.Queue()
         self._halt = threading.Event()  # set by stop(): skip further inference
         self._predicted: np.ndarray | None = None  # last predicted piano bar (autopilot); this thread only
@@ -129,6 +133,8 @@ class InferenceWorker(threading.Thread):
         self._jobs.put(job)
 
     def run(self) -> None:
+        if self._realtime:
+            self.priority = _raise_thread_priority(HELPER_PRIORITY)
         while True:
             job = self._jobs.get()
             if job is _SENTINEL:
@@ -224,7 +230,7 @@ class SessionOptions:
     bpm: float = 120.0  # internal clock tempo
     record_dir: str | None = None  # --record DIR: record from the start
     make_recorder: Callable[[str], Recorder] | None = None  # directory -> recorder; None: TakeRecorder
-    realtime_clock: bool = False  # ask the OS for a real-time priority for the internal clock thread
+    realtime_threads: bool = False  # ask the OS for real-time priorities: clocks above the worker (bridge.clock)
 
     def __post_init__(self) -> None:
         if isinstance(self.lookahead_steps, bool) or not 1 <= self.lookahead_steps < STEPS_PER_BAR:
@@ -262,13 +268,13 @@ class LiveSession:
         self._clock = clock
         self.scheduler = scheduler
         self._lock = threading.RLock()  # guards every attribute below marked "_lock"
-        self.worker = InferenceWorker(engine, self._on_result, clock)
+        self.worker = InferenceWorker(engine, self._on_result, clock, realtime=self.options.realtime_threads)
         self.follower = MidiClockFollower(_SourceGate(self, "midi"))
         self._latency_s = 0.0  # output latency compensation: every clock ticks this much early
         self.internal = InternalClock(_SourceGate(self, "internal"), self.options.bpm,
-                                      now=lambda: clock() + self._latency_s, realtime=self.options.realtime_clock)
+                                      now=lambda: clock() + self._latency_s, realtime=self.options.realtime_threads)
         self._clock_mode = clock_mode  # which sources may drive the band (CLOCK_MODES); fixed
-        self.link = (LinkClock(_SourceGate(self, "link"), link, now=clock, realtime=self.options.realtime_clock)
+        self.link = (LinkClock(_SourceGate(self, "link"), link, now=clock, realtime=self.options.realtime_threads)
                      if link is not None else None)  # Ableton Link (bridge.link_clock), when asked for
         self._styles = set(getattr(engine, "styles", {}) or {})  # names the engine accepts; _lock
         self._source = "link" if clock_mode == "link" else "internal"  # which clock drives the band; _lock

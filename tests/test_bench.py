@@ -1,5 +1,7 @@
-"""The bench's analysis of a jack_midi_dump log, on hand-made lines."""
+"""The bench's analyses (a jack_midi_dump log, Link beat ticks) on hand-made input."""
 from __future__ import annotations
+
+import numpy as np
 
 from bridge.bench import grid_errors, summary
 
@@ -43,3 +45,49 @@ def test_report_puts_every_variant_beside_the_modules() -> None:
                   {"1 ms": row}, [{**row, "bands": 2, "n": 20, "bars_per_s": 500.0}])
     assert "| cpu, fused int8 | 10 | 1.00 | 2.00 | 3.00 | 0.25 | 0.25 |" in text
     assert "| 2 | 10 | 1.00 | 2.00 | 3.00 | 500 |" in text
+
+
+class PeerAt120:
+    """A Link peer's session state at 120 BPM whose beat 0 (a downbeat) is at host time 1 s."""
+
+    def tempo(self) -> float:
+        return 120.0
+
+    def phaseAtTime(self, time_us: int, quantum: float) -> float:  # noqa: N802 - the binding's name
+        return ((time_us - 1_000_000) / 500_000) % quantum
+
+
+def test_link_beats_are_measured_against_the_peers_beat_of_the_same_phase() -> None:
+    from bridge.bench_link import beat_errors_ms, parse_link_beats
+
+    beats = parse_link_beats("0:1001000 24:1499500 96:2999700 120:3500000")  # tick:host micros, as status says
+    assert beats == {0: 1_001_000, 24: 1_499_500, 96: 2_999_700, 120: 3_500_000}
+    every, downbeats = beat_errors_ms(PeerAt120(), beats)
+    # bar 1's downbeat 0.3 ms early is early, not almost a bar late; tick 120 is beat 1 of bar 1
+    assert np.allclose(every, [1.0, -0.5, -0.3, 0.0]) and np.allclose(downbeats, [1.0, -0.3])
+    every, downbeats = beat_errors_ms(PeerAt120(), beats, since_us=2_000_000)
+    assert np.allclose(every, [-0.3, 0.0]) and np.allclose(downbeats, [-0.3])
+
+
+def test_link_report_rows_and_a_missing_binding() -> None:
+    from bridge.bench_link import LinkResult, link_report
+
+    result = LinkResult(120.0, 60.0, 90.0, np.array([0.1, -0.2, 0.3]), np.array([0.1, -0.4]), np.array([0.2]),
+                        {"link_relocations": 0, "late_bars": 0})
+    text = "\n".join(link_report([result]))
+    assert "| 120 | 60 | 2 | 0.250 / 0.397 / 0.400 | 3 | 0.200 / 0.298 / 0.300 | 90 | 1 | 0.200 / 0.200 / 0.200 | 0 | 0 |" in text
+    assert "Not measured: no binding." in link_report([], "no binding")
+
+
+def test_link_measurements_take_turns_on_a_machine(tmp_path, monkeypatch) -> None:
+    import pytest
+
+    from bridge import bench_link
+
+    monkeypatch.setattr(bench_link, "LOCK_PATH", tmp_path / "link.lock")
+    with bench_link.link_session_lock():
+        with pytest.raises(TimeoutError, match="another Link measurement"):  # a second run waits its turn
+            with bench_link.link_session_lock(timeout_s=0.3):
+                pass
+    with bench_link.link_session_lock(timeout_s=0.3):  # and gets it once the first is done
+        pass

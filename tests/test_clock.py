@@ -542,3 +542,33 @@ def test_any_internal_clock_use_keeps_runs_well_formed(ops: list[tuple[str, floa
     check_run_structure(rec.events)
     ts = [t for kind, _, t in rec.events if kind == "tick"]
     assert all(t <= clock_time.now for t in ts)  # no tick before its deadline
+
+
+def test_a_raised_thread_runs_below_the_clocks_and_its_children_start_normal() -> None:
+    """The daemon's helper threads (inference worker, OSC server) run real-time below the clocks, and
+    what they start (threads, processes) begins at normal priority instead of inheriting it."""
+    import os
+    import subprocess
+    import sys
+
+    from bridge.clock import HELPER_PRIORITY, REALTIME_PRIORITY, _raise_thread_priority
+
+    got: dict[str, object] = {}
+
+    def helper() -> None:
+        got["priority"] = _raise_thread_priority(HELPER_PRIORITY)
+        got["policy"] = os.sched_getscheduler(0) & ~getattr(os, "SCHED_RESET_ON_FORK", 0)
+        got["level"] = os.sched_getparam(0).sched_priority
+        child = threading.Thread(target=lambda: got.update(thread=os.sched_getscheduler(0)))
+        child.start()
+        child.join()
+        got["process"] = subprocess.run([sys.executable, "-c", "import os; print(os.sched_getscheduler(0))"],
+                                        capture_output=True, text=True, timeout=30).stdout.strip()
+
+    thread = threading.Thread(target=helper)
+    thread.start()
+    thread.join()
+    if got["priority"] != "SCHED_FIFO":
+        pytest.skip(f"no real-time priority for this user here (got {got['priority']})")
+    assert got["policy"] == os.SCHED_FIFO and got["level"] == HELPER_PRIORITY < REALTIME_PRIORITY
+    assert got["thread"] == os.SCHED_OTHER and got["process"] == str(os.SCHED_OTHER)

@@ -12,7 +12,8 @@ from bridge.cli import main
 
 
 def run(capsys, *args: str) -> tuple[int, str]:
-    code = main(["run", "--osc-port", "0", *args])
+    # --clock midi: no Ableton Link peer, not even for a moment (a Link test's peer nearby would join it)
+    code = main(["run", "--osc-port", "0", "--clock", "midi", *args])
     err = capsys.readouterr().err
     return code, err
 

@@ -88,8 +88,9 @@ def test_a_jackd_that_exits_is_reported_with_its_output():
 
 def run_daemon(name: str, model: str, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "JACK_DEFAULT_SERVER": name, "PYTHONUNBUFFERED": "1"}
+    # --clock midi: no Ableton Link peer (a Link test's peer nearby would join its session)
     return subprocess.Popen([sys.executable, "-m", "bridge.cli", "run", "--start-jack", "--midi-api", "jack",
-                             "--model", model, *extra], cwd=REPO, env=env, text=True,
+                             "--clock", "midi", "--model", model, *extra], cwd=REPO, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
