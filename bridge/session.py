@@ -56,7 +56,8 @@ class Engine(Protocol):
 
     styles: Mapping[str, Any]
 
-    def step(self, piano_bar: np.ndarray) -> np.ndarray: ...
+    def step(self, piano_bar: np.ndarray, decode_piano: bool | None = None) -> np.ndarray: ...
+    def predicted_piano(self) -> np.ndarray: ...
     def set_controls(self, controls: Controls) -> None: ...
     def reset(self, seed: int | None = None) -> None: ...
 
@@ -93,7 +94,7 @@ class InferJob:
 @dataclass(frozen=True)
 class BarResult:
     serial: int
-    parts: Mapping[str, tuple[Note, ...]]  # instrument -> notes in steps of the bar ("piano" = predicted)
+    parts: Mapping[str, tuple[Note, ...]]  # instrument -> notes in steps of the bar ("piano" = predicted, echo only)
     controls: Controls
     inference_ms: float
 
@@ -117,7 +118,7 @@ class InferenceWorker(threading.Thread):
     """
 
     def __init__(self, engine: Engine, on_result: Callable[[BarResult], None], clock: Clock = time.perf_counter,
-                 realtime: bool = False) -> None:
+                 realtime: bool = False, echo_piano: bool = False) -> None:
         super().__init__(name="vaejam-inference", daemon=True)
         self.engine = engine  # used only on this thread once started
         self._on_result = on_result
@@ -126,7 +127,10 @@ class InferenceWorker(threading.Thread):
         self.priority = "normal"  # what run() got
         self._jobs: queue.Queue[object] = queue.Queue()
         self._halt = threading.Event()  # set by stop(): skip further inference
-        self._predicted: np.ndarray | None = None  # last predicted piano bar (autopilot); this thread only
+        # the predicted piano is decoded with each bar only when it is played (echo); autopilot asks the
+        # engine for it on the rare bar that needs it (a fifth of the decoder's work, issue 11)
+        self._echo_piano = echo_piano
+        self._stepped = False  # the engine has made a bar since start, so it has a predicted piano; this thread only
         self.errors = CountedLog(log)
 
     def submit(self, job: InferJob | Callable[[], None]) -> None:
@@ -189,12 +193,14 @@ class InferenceWorker(threading.Thread):
             self.engine.set_controls(job.controls)
         piano = job.piano
         if piano is None:  # autopilot: the band follows its own idea of the piano
-            piano = self._predicted if self._predicted is not None else np.zeros((STEPS_PER_BAR, N_PITCHES), np.float32)
-        out = self.engine.step(piano)  # (5, 32, 128): predicted piano, then the band
-        self._predicted = out[0]
+            piano = (self.engine.predicted_piano() if self._stepped
+                     else np.zeros((STEPS_PER_BAR, N_PITCHES), np.float32))
+        out = self.engine.step(piano, decode_piano=self._echo_piano)  # (5, 32, 128): predicted piano, then the band
+        self._stepped = True
         # Notes are made here, not on the clock thread.
-        parts = {"piano": roll_notes(out[0])}
-        parts.update({name: roll_notes(out[i]) for i, name in enumerate(BAND, start=1)})
+        parts = {name: roll_notes(out[i]) for i, name in enumerate(BAND, start=1)}
+        if self._echo_piano:
+            parts["piano"] = roll_notes(out[0])
         return BarResult(job.serial, parts, job.controls, (self._clock() - started) * 1000)
 
     def stop(self, block: bool = True) -> None:
@@ -268,7 +274,8 @@ class LiveSession:
         self._clock = clock
         self.scheduler = scheduler
         self._lock = threading.RLock()  # guards every attribute below marked "_lock"
-        self.worker = InferenceWorker(engine, self._on_result, clock, realtime=self.options.realtime_threads)
+        self.worker = InferenceWorker(engine, self._on_result, clock, realtime=self.options.realtime_threads,
+                                      echo_piano=self.options.echo_piano)
         self.follower = MidiClockFollower(_SourceGate(self, "midi"))
         self._latency_s = 0.0  # output latency compensation: every clock ticks this much early
         self.internal = InternalClock(_SourceGate(self, "internal"), self.options.bpm,

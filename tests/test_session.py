@@ -30,6 +30,8 @@ class FakeEngine:
 
     def __init__(self) -> None:
         self.controls, self.styles, self.inputs, self.used = Controls(), {"funk": object()}, [], []
+        self.decoded_piano: list[bool | None] = []  # each step's decode_piano
+        self.predicted_asked = 0  # predicted_piano() calls
 
     def set_controls(self, controls: Controls) -> None:
         self.controls = controls
@@ -37,14 +39,22 @@ class FakeEngine:
     def reset(self, seed: int | None = None) -> None:
         self.inputs.clear()
 
-    def step(self, piano_bar: np.ndarray) -> np.ndarray:
+    def step(self, piano_bar: np.ndarray, decode_piano: bool | None = None) -> np.ndarray:
         self.inputs.append(piano_bar.copy())
         self.used.append(self.controls)
+        self.decoded_piano.append(decode_piano)
         out = np.zeros((5, STEPS_PER_BAR, N_PITCHES), np.float32)
         for i, name in enumerate(INSTRUMENTS):
             if i == 0 or not self.controls.mute[name]:
                 out[i, 0:8, 40 + 10 * i + int(self.controls.noise_sd * 2)] = 0.5  # pitch marks noise_sd
+        self._piano = out[0].copy()
+        if not decode_piano:  # as BandEngine: row 0 silent unless asked for
+            out[0] = 0
         return out
+
+    def predicted_piano(self) -> np.ndarray:
+        self.predicted_asked += 1
+        return self._piano.copy()
 
 
 class FakeRecorder:
@@ -249,12 +259,28 @@ def test_autopilot_follows_the_predicted_piano_then_rests() -> None:
     # bar 0 played; bars 1 and 2 on autopilot (the engine gets its own predicted piano); then rest
     assert len(rig.engine.inputs) == 3
     assert rig.engine.inputs[1][0:8, 41].all() and not rig.engine.inputs[1][:, 60].any()
+    # the predicted piano is made only for the bars that follow it, not decoded with every bar
+    assert rig.engine.decoded_piano == [False] * 3 and rig.engine.predicted_asked == 2
     status = rig.session.status()
     assert (status["bars_played"], status["autopilot_bars"], status["rest_bars"]) == (1, 2, 3)
     assert {tick for tick, _, _ in rig.ons()} == {96, 192, 288}
     rig.note(61, 96 * 6, 96 * 6 + 12)  # the pianist is back
     rig.run_to(96 * 7 + 10)
     assert len(rig.engine.inputs) == 4 and 96 * 7 in {tick for tick, _, _ in rig.ons()}
+
+
+def test_the_predicted_piano_is_decoded_with_each_bar_only_when_echoed() -> None:
+    """--echo-piano plays the predicted piano, so every step decodes it; without echo no step does
+    (issue 11: a fifth of the decoder) and the piano channel stays silent."""
+    for echo in (True, False):
+        rig = Rig(echo_piano=echo, autopilot=0)
+        rig.start()
+        rig.note(60, 0, 12)
+        rig.note(62, 96, 108)
+        rig.run_to(96 * 2 + 95)
+        assert rig.engine.decoded_piano == [echo] * 2
+        pianos = [note for _, inst, note in rig.ons() if inst == "piano"]
+        assert pianos == ([41, 41] if echo else []), echo  # the fake's piano mark (40 + noise_sd 0.5 * 2)
 
 
 def test_autopilot_off_rests_after_the_first_empty_bar() -> None:
