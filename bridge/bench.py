@@ -73,30 +73,39 @@ def summary(values: Sequence[float]) -> dict[str, float]:
 
 
 # Engine variants timed side by side, in interleaved blocks so the machine's load falls on all alike:
-# (label, BandEngine weights, decode the predicted piano). "modules" is the reference: nn modules.
-VARIANTS = (("nn modules", "modules", True), ("fused float32", "float32", True), ("fused int8", "int8", True),
-            ("fused int8, no piano", "int8", False))
+# (label, BandEngine weights, decode the predicted piano, CUDA graph). "modules" is the reference: nn modules.
+VARIANTS = (("nn modules", "modules", True, False), ("fused float32", "float32", True, False),
+            ("fused int8", "int8", True, False), ("fused int8, no piano", "int8", False, False))
+# on CUDA: the whole network part of a bar replayed as one CUDA graph (BandEngine's default there) beside
+# the same code launched kernel by kernel
+CUDA_VARIANTS = (("nn modules", "modules", True, False), ("fused float32, eager", "float32", True, False),
+                 ("fused float32, CUDA graph", "float32", True, True),
+                 ("fused float32, CUDA graph, no piano", "float32", False, True))
 BLOCK = 50  # bars per variant before the next one takes over
 
 
-def _engine(model_dir: str | None, device: str, weights: str = "auto", decode_piano: bool = True):
-    """Any system's engine (models.systems); `weights` applies to VAE-NN only."""
-    from models.systems import load_engine
+def _engine(model_dir: str | None, device: str, weights: str = "auto", decode_piano: bool = True,
+            cuda_graph: bool | None = None):
+    """Any system's engine (models.systems); `weights` and `cuda_graph` apply to VAE-NN only."""
+    from models.systems import is_baseline, load_engine
 
-    engine = load_engine(model_dir, device, decode_piano=decode_piano, weights=weights)
+    options = {} if cuda_graph is None or is_baseline(model_dir) else {"cuda_graph": cuda_graph}
+    engine = load_engine(model_dir, device, decode_piano=decode_piano, weights=weights, **options)
     engine.warmup()
     return engine
 
 
-def _variants(model_dir: str | None, device: str) -> list[tuple[str, str, bool]]:
-    """VARIANTS for VAE-NN (int8 where it is fast); a baseline has one network path, with and
-    without its predicted piano."""
+def _variants(model_dir: str | None, device: str) -> list[tuple[str, str, bool, bool | None]]:
+    """VARIANTS for VAE-NN (int8 where it is fast; CUDA_VARIANTS on a GPU); a baseline has one
+    network path, with and without its predicted piano."""
     from models.fused import compact_weights_fast
     from models.systems import is_baseline, model_arch
 
     if is_baseline(model_dir):
         arch = model_arch(model_dir)
-        return [(arch, "auto", True), (f"{arch}, no piano", "auto", False)]
+        return [(arch, "auto", True, None), (f"{arch}, no piano", "auto", False, None)]
+    if device.startswith("cuda"):
+        return list(CUDA_VARIANTS)
     return [v for v in VARIANTS if v[1] != "int8" or compact_weights_fast(device)]
 
 
@@ -112,19 +121,25 @@ def worker_bar_ms(engine, bar: int) -> float:
 
 
 def inference_latency(model_dir: str | None, device: str, bars: int) -> dict[str, dict[str, float]]:
-    """Per variant (VARIANTS), milliseconds per bar of the worker's job, one torch thread."""
+    """Per variant (VARIANTS), milliseconds per bar of the worker's job, one torch thread; and
+    `ready_s`, the seconds from loading the model to a warm engine (a CUDA graph's capture included)."""
     import torch
 
     from bridge.daemon import TORCH_THREADS
 
     torch.set_num_threads(TORCH_THREADS)
-    variants = _variants(model_dir, device)
-    engines = {label: _engine(model_dir, device, weights, piano) for label, weights, piano in variants}
+    if device.startswith("cuda"):
+        torch.zeros(1, device=device)  # the CUDA context, once, before any variant's clock starts
+    engines, ready_s = {}, {}
+    for label, weights, piano, graph in _variants(model_dir, device):
+        started = time.perf_counter()
+        engines[label] = _engine(model_dir, device, weights, piano, graph)
+        ready_s[label] = time.perf_counter() - started
     times: dict[str, list[float]] = {label: [] for label in engines}
     for start in range(0, bars, BLOCK):
         for label, engine in engines.items():
             times[label] += [worker_bar_ms(engine, bar) for bar in range(start, min(bars, start + BLOCK))]
-    return {label: summary(t) for label, t in times.items()}
+    return {label: {**summary(t), "ready_s": ready_s[label]} for label, t in times.items()}
 
 
 def _busy_neighbour(halt: threading.Event, period_s: float) -> None:
@@ -469,13 +484,16 @@ def report(inference: dict[str, dict], live: list[LiveResult], command: str, mod
              f"load average at the end {load} (the machine is shared: other jobs ran meanwhile)",
              f"- Model: {model}", "", "### Inference per bar (engine.step + note extraction, one torch thread on CPU)", "",
              f"Variants interleaved in blocks of {BLOCK} bars; ratio = this variant's p50 (p99) over the nn modules' "
-             "p50 (p99) in the same run.", "",
-             "| device, path | bars | p50 ms | p99 ms | max ms | ratio p50 | ratio p99 |", "|---|---|---|---|---|---|---|"]
+             "p50 (p99) in the same run; ready s = loading the model to a warm engine (a CUDA graph's capture "
+             "included).", "",
+             "| device, path | bars | p50 ms | p99 ms | max ms | ratio p50 | ratio p99 | ready s |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, s in inference.items():
         device = name.split(",")[0]
         ref = inference.get(f"{device}, nn modules")  # none for a baseline: no reference path to compare
         ratios = f"{s['p50'] / ref['p50']:.2f} | {s['p99'] / ref['p99']:.2f}" if ref else "— | —"
-        lines.append(f"| {name} | {s['n']} | {s['p50']:.2f} | {s['p99']:.2f} | {s['max']:.2f} | {ratios} |")
+        ready = f"{s['ready_s']:.2f}" if "ready_s" in s else "—"
+        lines.append(f"| {name} | {s['n']} | {s['p50']:.2f} | {s['p99']:.2f} | {s['max']:.2f} | {ratios} | {ready} |")
     if threaded:
         lines += ["", "### The same job in a worker thread beside a Python thread waking every 1 ms (as in the daemon)", "",
                   "| GIL switch interval | bars | p50 ms | p99 ms | max ms |", "|---|---|---|---|---|"]

@@ -70,11 +70,14 @@ def torch_version() -> str:
 
 
 def check_device(device: str) -> str:
-    """A torch device name the user gave; UsageError naming the fix when CUDA is asked for but missing."""
+    """A torch device name the user gave ("auto": CUDA when torch sees a GPU, else the CPU); UsageError
+    naming the fix when CUDA is asked for but missing."""
     import torch
 
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
     if device != "cpu" and not device.startswith("cuda"):
-        raise UsageError(f"--device {device}: use cpu or cuda[:N]")
+        raise UsageError(f"--device {device}: use auto, cpu or cuda[:N]")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(no_cuda_message(f"--device {device}"))
     return device

@@ -82,7 +82,7 @@ class BarEngine:
         self.decode_piano = decode_piano
         self.styles = dict(styles or {})
         self.controls = Controls()
-        self.generator = torch.Generator(device=self.device)
+        self.generator = torch.Generator(device=self._random_device())
         self.last_step_ms = 0.0  # wall time of the last step, for status and benchmarks
         self.capped_notes = 0  # notes dropped by models.limits' ceiling, for status
         self.set_controls(controls or Controls())
@@ -98,6 +98,10 @@ class BarEngine:
         self._reset_stream()
 
     # ---- what a system brings
+    def _random_device(self) -> torch.device:
+        """Where the random stream is drawn."""
+        return self.device
+
     def _reset_stream(self) -> None:
         """Forget the networks' memory of earlier bars."""
 
@@ -226,29 +230,60 @@ class BandEngine(BarEngine):
 
     `weights`: "auto" (int8 for the big decoder layers where that is fast: an AVX-512 CPU, see
     models.fused), "float32", "int8", or "modules" (the nn modules: the reference, slow).
+    `cuda_graph` (CUDA only; default: on there): each bar's network work is replayed as a CUDA graph
+    captured on static buffers (one host -> device copy of the bar, its noise and style in, one copy of
+    the decoded parts out), instead of ~25 kernel launches. Elsewhere the same function runs eagerly on
+    the same buffers: one code path. The random stream is drawn on the host for every device, so a
+    seed gives the same band on CPU and CUDA (to float precision).
     """
 
     def __init__(self, model: BandModel, styles: Mapping[str, StyleBank] | None = None,
                  device: str | torch.device = "cpu", controls: Controls | None = None,
-                 weights: str = "auto", decode_piano: bool = True) -> None:
+                 weights: str = "auto", decode_piano: bool = True, cuda_graph: bool | None = None) -> None:
         device = torch.device(device)
         self.model = model.to(device).eval()
         if weights == "auto":
             weights = "int8" if compact_weights_fast(device) and int8_fits(model) else "float32"
         # the per-bar path: a few bmm's (weights="modules": the nn modules, the reference for tests and bench)
         self.fused = (ModuleBand(self.model) if weights == "modules" else FusedBand(self.model, weights)).to(device)
+        self.cuda_graph = device.type == "cuda" if cuda_graph is None else cuda_graph
+        if self.cuda_graph and device.type != "cuda":
+            raise ValueError(f"cuda_graph needs a CUDA device, got {device}")
+        self._graphs: dict[tuple[int, bool], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}  # (first, styled) ->
+        self._make_buffers(model, device)
         super().__init__(model.thresholds.tolist(), styles, device, controls, decode_piano)
+
+    def _random_device(self) -> torch.device:
+        return torch.device("cpu")  # the stream is drawn on the host: the same band for a seed on any device
+
+    def _make_buffers(self, model: BandModel, device: torch.device) -> None:
+        """One packed input vector per bar: the played bar, the scaled noise, the style latents and
+        their alphas (host copy pinned for CUDA, device copy static), and the stream's state."""
+        k, config = model.config.latent, model.config
+        self._layout = {"bar": (0, STEPS_PER_BAR * N_PITCHES)}
+        for name, size in (("noise", k), ("style", len(INSTRUMENTS) * k), ("alpha", len(INSTRUMENTS))):
+            end = max(stop for _, stop in self._layout.values())
+            self._layout[name] = (end, end + size)
+        size = max(stop for _, stop in self._layout.values())
+        self._host_in = torch.zeros(size, pin_memory=device.type == "cuda")
+        self._host_view = self._host_in.numpy()
+        self._device_in = self._host_in if device.type == "cpu" else torch.zeros(size, device=device)
+        self.previous = torch.zeros(len(INSTRUMENTS), k, device=device)  # (5, K): each part's last latent
+        self.history = torch.zeros(max(1, config.context), k, device=device)  # (context, K) recent piano means
+        self._fresh = True  # no bar since reset: history is filled with the first bar's mean
 
     def _reset_stream(self) -> None:
         # (5, K): the latent each instrument played last; at first a typical training bar's
-        self.previous = self.model.initial_latents.detach().clone().to(self.device)
-        self.history: torch.Tensor | None = None  # (context, K) recent piano latent means (arch "context")
+        self.previous.copy_(self.model.initial_latents.detach())
+        self._fresh = True
 
     def _stream_state(self) -> object:
-        return self.previous.clone(), self.history
+        return self.previous.clone(), self.history.clone(), self._fresh
 
     def _restore_stream_state(self, state: object) -> None:
-        self.previous, self.history = state  # type: ignore[misc]
+        previous, history, self._fresh = state  # type: ignore[misc]
+        self.previous.copy_(previous)  # in place: a captured graph reads and writes these very buffers
+        self.history.copy_(history)
 
     def _decode_predicted_piano(self) -> np.ndarray:
         return self.fused.decode(self.previous[:1]).cpu().numpy()
@@ -256,43 +291,88 @@ class BandEngine(BarEngine):
     @torch.inference_mode()
     def _decode_next(self, piano_bar: torch.Tensor, first: int = 0) -> np.ndarray:
         """(32, 128) played bar -> (5 - first, 32, 128) decoder output for INSTRUMENTS[first:]."""
-        fused, controls, config = self.fused, self.controls, self.model.config
-        piano_bar = piano_bar.to(self.device)
-        mean = fused.encode_piano(piano_bar)  # (K,)
-        noise = torch.randn(mean.shape, generator=self.generator, device=self.device)
-        noisy = torch.add(mean, noise, alpha=controls.noise_sd)  # the article's noise on the latent means
-        features = fused.features(piano_bar) if config.arch == "context" else None
-        next_piano = self._next_piano(mean, noisy, noise, features)
-        band = fused.next_band(next_piano, self.previous[1:], features)  # (4, K)
-        latents = self._mix_style(torch.cat([next_piano.unsqueeze(0), band]))  # (5, K)
-        self.previous = latents
-        return fused.decode(latents[first:], first).cpu().numpy()
+        styled = self._pack_inputs(piano_bar.numpy())
+        if self._device_in is not self._host_in:
+            self._device_in.copy_(self._host_in, non_blocking=True)  # the bar's one copy in
+        if self.cuda_graph and not self._fresh:
+            key = (first, styled)
+            graph, decoded = self._graphs.get(key) or self._capture(first, styled)
+            graph.replay()
+        else:  # the first bar after a reset fills the history (a branch a graph cannot hold), and CPU
+            decoded = self._network(first, styled)
+        self._fresh = False
+        return decoded.cpu().numpy()  # the bar's one copy out
 
-    def _next_piano(self, mean: torch.Tensor, noisy: torch.Tensor, noise: torch.Tensor,
-                    features: torch.Tensor | None) -> torch.Tensor:
+    def _pack_inputs(self, bar: np.ndarray) -> bool:
+        """Write this bar's inputs into the host buffer; whether a style is mixed in."""
+        view, layout = self._host_view, self._layout
+        a, b = layout["bar"]
+        view[a:b] = bar.reshape(-1)
+        a, b = layout["noise"]
+        noise = torch.randn(b - a, generator=self.generator)  # the article's noise on the latent means
+        view[a:b] = noise.numpy() * np.float32(self.controls.noise_sd)
+        if not self.controls.style:
+            return False
+        drawn = sample_style(self.styles[self.controls.style], self.generator)
+        k = self.model.config.latent
+        a, b = layout["style"]
+        alpha_at = layout["alpha"][0]
+        for i, instrument in enumerate(INSTRUMENTS):
+            s = drawn[instrument]
+            view[a + i * k : a + (i + 1) * k] = 0.0 if s is None else s.detach().cpu().numpy()
+            view[alpha_at + i] = 0.0 if s is None else self.controls.alpha  # no latent of its own: unmixed
+        return True
+
+    def _inputs(self, name: str) -> torch.Tensor:
+        a, b = self._layout[name]
+        return self._device_in[a:b]
+
+    def _network(self, first: int, styled: bool) -> torch.Tensor:
+        """One bar on the static buffers: the packed inputs and the stream's state in, the state
+        updated in place, (5 - first, 32, 128) decoder output returned. Eager, or captured whole."""
+        fused, config = self.fused, self.model.config
+        piano_bar = self._inputs("bar").view(STEPS_PER_BAR, N_PITCHES)
+        scaled_noise = self._inputs("noise")
+        mean = fused.encode_piano(piano_bar)  # (K,)
+        features = fused.features(piano_bar) if config.arch == "context" else None
+        next_piano = self._next_piano(mean, scaled_noise, features)
+        band = fused.next_band(next_piano, self.previous[1:], features)  # (4, K)
+        latents = torch.cat([next_piano.unsqueeze(0), band])  # (5, K)
+        if styled:  # z' = alpha * s + (1 - alpha) * z per instrument (the original code mixed only the piano)
+            alpha = self._inputs("alpha").unsqueeze(1)
+            latents = alpha * self._inputs("style").view(len(INSTRUMENTS), -1) + (1 - alpha) * latents
+        self.previous.copy_(latents)
+        return fused.decode(latents[first:], first)
+
+    def _next_piano(self, mean: torch.Tensor, scaled_noise: torch.Tensor, features: torch.Tensor | None) -> torch.Tensor:
         """The predicted next piano latent, by the source training chose (BandConfig.melody_source)."""
         config = self.model.config
+        noisy = mean + scaled_noise  # the article's noise on the latent means
         if config.melody_source == "current":
             return noisy
         if config.melody_source == "mean":
-            return self.model.initial_latents[0] + self.controls.noise_sd * noise
+            return self.model.initial_latents[0] + scaled_noise
         if config.arch == "article":
             return self.fused.next_piano(noisy)
-        if self.history is None:  # the first bar: as training pads a song's start, with itself
-            self.history = mean.expand(config.context, -1).clone()
-        self.history = torch.cat([self.history[1:], mean.unsqueeze(0)])  # (context, K), clean means
+        if self._fresh:  # the first bar: as training pads a song's start, with itself
+            self.history.copy_(mean.expand(config.context, -1))
+        self.history.copy_(torch.cat([self.history[1:], mean.unsqueeze(0)]))  # (context, K), clean means
         inputs = torch.cat([self.history[:-1].flatten(), noisy, features])
         return self.fused.next_piano(inputs)
 
-    def _mix_style(self, latents: torch.Tensor) -> torch.Tensor:
-        """z' = alpha * s + (1 - alpha) * z per instrument (the original code mixed only the piano)."""
-        if not self.controls.style:
-            return latents
-        drawn = sample_style(self.styles[self.controls.style], self.generator)
-        alpha = self.controls.alpha
-        mixed = latents.clone()
-        for i, instrument in enumerate(INSTRUMENTS):
-            s = drawn[instrument]
-            if s is not None:
-                mixed[i] = alpha * s.to(self.device) + (1 - alpha) * latents[i]
-        return mixed
+    def _capture(self, first: int, styled: bool) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+        """Record `_network` as a CUDA graph on the static buffers (after warm-up runs on a side
+        stream, as torch asks), leaving the stream's state as it was."""
+        saved = self._stream_state()
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(2):  # cuBLAS handles and the allocator's pools, made before recording
+                self._network(first, styled)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            decoded = self._network(first, styled)
+        self._restore_stream_state(saved)
+        self._graphs[(first, styled)] = graph, decoded
+        return graph, decoded

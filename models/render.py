@@ -108,7 +108,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
                              "guitar/strings track (default: GM pianos)")
     parser.add_argument("--density", type=float, default=0.5, help="0-1, for every band instrument")
     parser.add_argument("--mute", default="", help="comma-separated instruments to leave silent")
-    parser.add_argument("--device", default="cpu", help="cpu, or cuda[:N] with a CUDA build of torch")
+    parser.add_argument("--device", default="auto",
+                        help="auto (CUDA when torch sees a GPU), cpu, or cuda[:N] with a CUDA build of torch")
     parser.add_argument("--plot", default=None, help="PNG piano-roll picture of all five tracks")
     parser.set_defaults(func=_render_command)
 
@@ -128,8 +129,7 @@ def _render_command(args: argparse.Namespace) -> int:
     from bridge.cli import check_device
 
     _check_paths(args)
-    check_device(args.device)
-    engine = load_engine(args.model, args.device)  # VAE-NN or a baseline, by the folder's arch
+    engine = load_engine(args.model, check_device(args.device))  # VAE-NN or a baseline, by the folder's arch
     controls = controls_from_args(args)
     if args.style:
         if not isinstance(engine, BandEngine):

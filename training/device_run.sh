@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One prepared run on a lent GPU machine (the `device` tool): train the default model with CUDA,
-# then time BandEngine.step on CUDA against the CPU on the same machine.
+# time BandEngine.step on CUDA (a CUDA graph per bar, and eager) against the CPU on the same machine,
+# and run the tests marked `cuda` (CPU and CUDA bands equal for a seed; graph equal to eager).
 #
 #   carried: data/ (the corpora: vaejam data synth --out data/corpus400 ...; vaejam data human
 #   --sources freedoom --out data/human-freedoom) and .pylib/ (pure-Python packages the GPU image
@@ -41,14 +42,24 @@ from models.engine import BandEngine
 torch.set_num_threads(1)
 rng = np.random.default_rng(0)
 bars = [(rng.random((32, 128)) > 0.97).astype(np.float32) * 0.7 for _ in range(64)]
-for device in dict.fromkeys(["cpu", sys.argv[1]]):
-    engine = BandEngine(load_band_model(sys.argv[2]), device=device)
+runs = [("cpu", None)] + ([(sys.argv[1], True), (sys.argv[1], False)] if sys.argv[1] != "cpu" else [])
+for device, graph in runs:
+    started = time.perf_counter()
+    engine = BandEngine(load_band_model(sys.argv[2]), device=device, cuda_graph=graph)
     engine.warmup()
+    ready = time.perf_counter() - started
     times = []
     for i in range(1000):
         started = time.perf_counter()
         engine.step(bars[i % 64])
         times.append((time.perf_counter() - started) * 1000)
     p50, p99 = np.percentile(times, [50, 99])
-    print(f"{device}: BandEngine.step p50 {p50:.3f} ms, p99 {p99:.3f} ms over 1000 bars (one torch thread)")
+    print(f"{device}{', CUDA graph' if graph else ''}: BandEngine.step p50 {p50:.3f} ms, p99 {p99:.3f} ms "
+          f"over 1000 bars (one torch thread); ready (load + warmup) {ready:.2f} s")
 EOF
+
+if [ "$DEVICE" != cpu ]; then
+  python3 -m pytest -q -p no:cacheprovider -m cuda -rs tests/test_cuda.py 2>&1 | tee "$OUT/cuda_tests.txt"
+  # the bench's inference rows: CUDA variants beside the nn modules, then the CPU's, 1/2/4 bands
+  python3 -m bridge.cli bench --no-live --bars 1000 --bands 1,2,4 2>&1 | tee "$OUT/bench.txt"
+fi

@@ -406,6 +406,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", default=None,
                         help="write the Markdown report here, with a .json and PNG plots beside it; with "
                              "--baselines a folder (REPORT_DIR/report.md) or a .md file")
+    parser.add_argument("--device", default="auto",
+                        help="auto (CUDA when torch sees a GPU), cpu, or cuda[:N] with a CUDA build of torch")
     parser.add_argument("--baselines", default=None, metavar="all|NAME,NAME",
                         help="instead: one report comparing real data, shuffled bars, VAE-NN (--model) and "
                              "these baselines (training.compare)")
@@ -432,7 +434,9 @@ def _eval_command(args: argparse.Namespace) -> int:
     from bridge.daemon import TORCH_THREADS
 
     torch.set_num_threads(TORCH_THREADS)  # time per bar as live: one intra-op thread, as the daemon runs
-    model = load_engine(args.model)  # VAE-NN or a baseline, by the folder's arch
+    from bridge.cli import check_device
+
+    model = load_engine(args.model, check_device(args.device))  # VAE-NN or a baseline, by the folder's arch
     corpus = load_corpus(args.data, args.split)
     started = time.perf_counter()
     evaluation = evaluate(model, corpus, args.songs, args.bars)
