@@ -127,3 +127,17 @@ def test_osc_port_in_use_is_one_line_and_jack_is_stopped(tiny_model_dir):
     assert lines[0].count("cannot listen") == 1
     time.sleep(0.2)
     assert not server_answers(name)
+
+
+def test_jackd_runs_real_time_where_this_user_may(monkeypatch):
+    """A jackd without real time drops MIDI from late clients when the CPUs are busy (jackd_args'
+    docstring has the measurement): -R whenever the user may, else --no-realtime."""
+    from bridge import jack_server
+
+    for allowed, first in ((True, "-R"), (False, "--no-realtime")):
+        monkeypatch.setattr(jack_server, "realtime_allowed", lambda allowed=allowed: allowed)
+        assert jack_server.jackd_args() == [first, "-d", "dummy", "-r", "48000", "-p", "256"]
+    policy = os.sched_getscheduler(0)
+    monkeypatch.undo()
+    assert isinstance(jack_server.realtime_allowed(), bool)
+    assert os.sched_getscheduler(0) == policy  # the probe ran on a thread of its own

@@ -15,6 +15,8 @@ from typing import Iterator
 import mido
 import pytest
 
+from bridge.jack_server import jackd_args
+
 from .harness import PERIOD_FRAMES, RATE, BandInput, Client, Daemon, find_port, jack_answers, jack_connect, unique
 
 
@@ -30,7 +32,7 @@ def jack_server() -> Iterator[None]:
         pytest.skip("python-rtmidi was built without JACK")
     proc = None
     if not jack_answers():
-        proc = subprocess.Popen(["jackd", "--no-realtime", "-d", "dummy", "-r", str(RATE), "-p", str(PERIOD_FRAMES)],
+        proc = subprocess.Popen(["jackd", *jackd_args(RATE, PERIOD_FRAMES)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while not jack_answers():

@@ -17,11 +17,11 @@ from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.osc_packet import OscPacket
 
 from bridge.bench import find_port  # noqa: F401 - re-exported: one copy of the JACK port helpers
+from bridge.jack_server import PERIOD_FRAMES, RATE  # the dummy driver the tests run
 from bridge.midi_io import INPUT_POLL_S, batch_times
 
 
 REPO = Path(__file__).resolve().parents[2]
-PERIOD_FRAMES, RATE = 256, 48000
 PERIOD_S = PERIOD_FRAMES / RATE  # 5.33 ms: JACK moves MIDI once per period
 READY_TIMEOUT_S = 30.0
 

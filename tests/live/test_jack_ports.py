@@ -16,6 +16,7 @@ from typing import Iterator
 import mido
 import pytest
 
+from bridge.jack_server import jackd_args
 from bridge.midi_io import RtMidiInput, RtMidiOutput
 
 from .harness import PERIOD_FRAMES, RATE, BandInput, unique
@@ -37,8 +38,8 @@ def private_jack(monkeypatch: pytest.MonkeyPatch) -> Iterator[subprocess.Popen]:
     if shutil.which("jackd") is None or shutil.which("jack_lsp") is None:
         pytest.skip("jackd is not installed (apt install jackd2)")
     name = unique("vjprivate")
-    proc = subprocess.Popen(["jackd", "-n", name, "--no-realtime", "-d", "dummy", "-r", str(RATE),
-                             "-p", str(PERIOD_FRAMES)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(["jackd", "-n", name, *jackd_args(RATE, PERIOD_FRAMES)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     env = {**os.environ, "JACK_DEFAULT_SERVER": name}
     deadline = time.monotonic() + 10
     while not _answers(env):

@@ -12,6 +12,8 @@ from typing import Iterator
 import mido
 import pytest
 
+from bridge.jack_server import jackd_args
+
 from .harness import PERIOD_FRAMES, RATE, BandInput, Client, Daemon, find_port, jack_connect, unique
 from .player import chords, play
 
@@ -27,8 +29,8 @@ class PrivateJack:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(["jackd", "-n", self.name, "--no-realtime", "-d", "dummy", "-r", str(RATE),
-                                      "-p", str(PERIOD_FRAMES)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(["jackd", "-n", self.name, *jackd_args(RATE, PERIOD_FRAMES)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while subprocess.run(["jack_lsp"], capture_output=True, env=self.env, timeout=5).returncode != 0:
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -52,7 +54,7 @@ class PrivateJack:
     def stop(self) -> None:
         """A clean exit, which frees the registry slot; after a crash, a server is started first."""
         if self.proc is None or self.proc.poll() is not None:
-            self.proc = subprocess.Popen(["jackd", "-n", self.name, "--no-realtime", "-d", "dummy"],
+            self.proc = subprocess.Popen(["jackd", "-n", self.name, *jackd_args(RATE, PERIOD_FRAMES)],
                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             deadline = time.monotonic() + 10
             while subprocess.run(["jack_lsp"], capture_output=True, env=self.env, timeout=5).returncode != 0:

@@ -406,7 +406,8 @@ def test_continue_from_a_song_position_counts_bars_from_there(start_daemon, conn
     deadline = time.monotonic() + 5.0
     while (status := daemon.status())["position_bar"] != 8 + 3 and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert status["clock_source"] == "midi" and status["position_bar"] == 8 + 3
+    assert status["clock_source"] == "midi" and status["position_bar"] == 8 + 3, (
+        f"{status}; daemon said {''.join(daemon.stderr)[-3000:]}")
     ons = client.band("note_on")
     assert ons and min(r.t for r in ons) >= client.sent_ticks[96]  # bar 9 answers bar 8
     errors = grid_errors_ms(client, first_of_each_step(client, ons))
