@@ -149,17 +149,24 @@ def _busy_neighbour(halt: threading.Event, period_s: float) -> None:
 
 
 def threaded_latency(model_dir: str | None, bars: int, switch_s: float | None, period_s: float = 0.001) -> dict:
-    """The worker's job in its own thread, as in the daemon, beside a busy Python thread; with the
-    GIL switch interval `switch_s` (None: leave Python's default)."""
+    """The worker's job in its own thread, as in the daemon (at the daemon's worker priority where the
+    OS allows it: `priority` says what it got), beside a busy Python thread; with the GIL switch
+    interval `switch_s` (None: leave Python's default)."""
     import torch
 
+    from bridge.clock import HELPER_PRIORITY, _raise_thread_priority
     from bridge.daemon import TORCH_THREADS
 
     torch.set_num_threads(TORCH_THREADS)
     engine = _engine(model_dir, "cpu")
-    saved, halt, times = sys.getswitchinterval(), threading.Event(), []
+    saved, halt, times, got = sys.getswitchinterval(), threading.Event(), [], {}
     neighbour = threading.Thread(target=_busy_neighbour, args=(halt, period_s), daemon=True)
-    worker = threading.Thread(target=lambda: times.extend(worker_bar_ms(engine, bar) for bar in range(bars)))
+
+    def work() -> None:
+        got["priority"] = _raise_thread_priority(HELPER_PRIORITY)  # as bridge.session.InferenceWorker
+        times.extend(worker_bar_ms(engine, bar) for bar in range(bars))
+
+    worker = threading.Thread(target=work)
     try:
         if switch_s is not None:
             sys.setswitchinterval(switch_s)
@@ -170,7 +177,7 @@ def threaded_latency(model_dir: str | None, bars: int, switch_s: float | None, p
         halt.set()
         neighbour.join()
         sys.setswitchinterval(saved)
-    return summary(times)
+    return {**summary(times), "priority": got.get("priority", "normal")}
 
 
 def _concurrent_worker(model_dir: str | None, bars: int, ready, results) -> None:
@@ -496,8 +503,9 @@ def report(inference: dict[str, dict], live: list[LiveResult], command: str, mod
         lines.append(f"| {name} | {s['n']} | {s['p50']:.2f} | {s['p99']:.2f} | {s['max']:.2f} | {ratios} | {ready} |")
     if threaded:
         lines += ["", "### The same job in a worker thread beside a Python thread waking every 1 ms (as in the daemon)", "",
-                  "| GIL switch interval | bars | p50 ms | p99 ms | max ms |", "|---|---|---|---|---|"]
-        lines += [f"| {name} | {s['n']} | {s['p50']:.2f} | {s['p99']:.2f} | {s['max']:.2f} |" for name, s in threaded.items()]
+                  "| GIL switch interval | worker priority | bars | p50 ms | p99 ms | max ms |", "|---|---|---|---|---|---|"]
+        lines += [f"| {name} | {s.get('priority', 'normal')} | {s['n']} | {s['p50']:.2f} | {s['p99']:.2f} | {s['max']:.2f} |"
+                  for name, s in threaded.items()]
     if concurrent:
         lines += ["", "### Concurrent bands (one process and one torch thread each, the default engine)", "",
                   "| bands | bars each | p50 ms | p99 ms | max ms | bars/s together |", "|---|---|---|---|---|---|"]

@@ -34,6 +34,7 @@ def test_the_worker_thread_timing_runs_and_restores_the_switch_interval(tiny_mod
     before = sys.getswitchinterval()
     s = threaded_latency(tiny_model_dir, 5, 0.001)
     assert s["n"] == 5 and 0 < s["p50"] <= s["max"]
+    assert s["priority"] in ("SCHED_FIFO", "nice -5", "normal")  # the daemon's worker priority, where allowed
     assert sys.getswitchinterval() == before
 
 
@@ -45,6 +46,7 @@ def test_report_puts_every_variant_beside_the_modules() -> None:
                   [], "vaejam bench", "m", {"1 ms": row}, [{**row, "bands": 2, "n": 20, "bars_per_s": 500.0}])
     assert "| cpu, fused int8 | 10 | 1.00 | 2.00 | 3.00 | 0.25 | 0.25 | 0.50 |" in text
     assert "| 2 | 10 | 1.00 | 2.00 | 3.00 | 500 |" in text
+    assert "| 1 ms | normal | 10 | 1.00 | 2.00 | 3.00 |" in text
 
 
 class PeerAt120:
