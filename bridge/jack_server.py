@@ -23,6 +23,11 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SERVER = "default"  # libjack's name when JACK_DEFAULT_SERVER is unset
 RATE, PERIOD_FRAMES = 48000, 256  # the dummy driver's: one period is 5.33 ms
+# jackd's real-time priority (its clients' process threads run 5 below): above every thread of
+# vaejam's (bridge.clock: clocks 10, inference worker and OSC server 5), as on a Linux audio setup,
+# so Python holding the GIL never delays a JACK cycle. jackd's own default, 10, would put its clients
+# level with our helpers: a bar of inference could then hold a client's cycle for milliseconds.
+JACKD_PRIORITY = 70
 START_TIMEOUT_S = 10.0
 POLL_S = 0.1
 PROBE_TIMEOUT_S = 5.0
@@ -79,8 +84,10 @@ def jackd_args(rate: int = RATE, period: int = PERIOD_FRAMES) -> list[str]:
     where this user may have it. Without it, a busy CPU starves jackd's cycle: clients that finish a
     cycle late lose MIDI events for good (measured: under `stress -c 2` a clock stream lost 3 of 289
     messages on its way to `jack_midi_dump`, and the clock-position live test failed 9 of 9 runs; 0
-    of 5 with -R). `--no-realtime` is the fallback: JACK works, but may drop events under load."""
-    return ["-R" if realtime_allowed() else "--no-realtime", "-d", "dummy", "-r", str(rate), "-p", str(period)]
+    of 5 with -R), at JACKD_PRIORITY. `--no-realtime` is the fallback: JACK works, but may drop
+    events under load."""
+    realtime = ["-R", "-P", str(JACKD_PRIORITY)] if realtime_allowed() else ["--no-realtime"]
+    return [*realtime, "-d", "dummy", "-r", str(rate), "-p", str(period)]
 
 
 def server_name(environ: Mapping[str, str] = os.environ) -> str:

@@ -134,9 +134,13 @@ def test_jackd_runs_real_time_where_this_user_may(monkeypatch):
     docstring has the measurement): -R whenever the user may, else --no-realtime."""
     from bridge import jack_server
 
-    for allowed, first in ((True, "-R"), (False, "--no-realtime")):
+    from bridge.clock import REALTIME_PRIORITY
+
+    for allowed, first in ((True, ["-R", "-P", "70"]), (False, ["--no-realtime"])):
         monkeypatch.setattr(jack_server, "realtime_allowed", lambda allowed=allowed: allowed)
-        assert jack_server.jackd_args() == [first, "-d", "dummy", "-r", "48000", "-p", "256"]
+        assert jack_server.jackd_args() == [*first, "-d", "dummy", "-r", "48000", "-p", "256"]
+    # its clients' threads (5 below the server) stay above every thread of ours
+    assert jack_server.JACKD_PRIORITY - 5 > REALTIME_PRIORITY
     policy = os.sched_getscheduler(0)
     monkeypatch.undo()
     assert isinstance(jack_server.realtime_allowed(), bool)
