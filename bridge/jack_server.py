@@ -79,15 +79,17 @@ def realtime_allowed() -> bool:
     return allowed[0]
 
 
-def jackd_args(rate: int = RATE, period: int = PERIOD_FRAMES) -> list[str]:
+def jackd_args(rate: int = RATE, period: int = PERIOD_FRAMES, realtime: bool | None = None) -> list[str]:
     """jackd's options for a headless server (the dummy driver: no sound card needed), real time
     where this user may have it. Without it, a busy CPU starves jackd's cycle: clients that finish a
     cycle late lose MIDI events for good (measured: under `stress -c 2` a clock stream lost 3 of 289
     messages on its way to `jack_midi_dump`, and the clock-position live test failed 9 of 9 runs; 0
-    of 5 with -R), at JACKD_PRIORITY. `--no-realtime` is the fallback: JACK works, but may drop
-    events under load."""
-    realtime = ["-R", "-P", str(JACKD_PRIORITY)] if realtime_allowed() else ["--no-realtime"]
-    return [*realtime, "-d", "dummy", "-r", str(rate), "-p", str(period)]
+    of 5 with -R), at JACKD_PRIORITY. `--no-realtime` is the fallback (and `realtime=False` asks
+    for it): JACK works, but may drop events under load."""
+    if realtime is None:
+        realtime = realtime_allowed()
+    mode = ["-R", "-P", str(JACKD_PRIORITY)] if realtime else ["--no-realtime"]
+    return [*mode, "-d", "dummy", "-r", str(rate), "-p", str(period)]
 
 
 def server_name(environ: Mapping[str, str] = os.environ) -> str:

@@ -139,6 +139,7 @@ def test_jackd_runs_real_time_where_this_user_may(monkeypatch):
     for allowed, first in ((True, ["-R", "-P", "70"]), (False, ["--no-realtime"])):
         monkeypatch.setattr(jack_server, "realtime_allowed", lambda allowed=allowed: allowed)
         assert jack_server.jackd_args() == [*first, "-d", "dummy", "-r", "48000", "-p", "256"]
+    assert jack_server.jackd_args(realtime=False)[0] == "--no-realtime"  # asked for: whatever the user may
     # its clients' threads (5 below the server) stay above every thread of ours
     assert jack_server.JACKD_PRIORITY - 5 > REALTIME_PRIORITY
     policy = os.sched_getscheduler(0)

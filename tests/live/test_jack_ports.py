@@ -21,6 +21,13 @@ from bridge.midi_io import RtMidiInput, RtMidiOutput
 
 from .harness import PERIOD_FRAMES, RATE, BandInput, unique
 
+
+# --no-realtime on purpose: these tests provoke client churn and server restarts, measured and
+# fixed on a server without real time (25 of 25); on a real-time one (jackd_args' default here) 2 of 6
+# looped runs failed in libjack itself (a client JACK never ran in 3 attempts; a segfault in a
+# client's close), which DESIGN.md records as open
+PRIVATE_REALTIME = False
+
 pytestmark = [pytest.mark.jack]
 
 
@@ -38,7 +45,7 @@ def private_jack(monkeypatch: pytest.MonkeyPatch) -> Iterator[subprocess.Popen]:
     if shutil.which("jackd") is None or shutil.which("jack_lsp") is None:
         pytest.skip("jackd is not installed (apt install jackd2)")
     name = unique("vjprivate")
-    proc = subprocess.Popen(["jackd", "-n", name, *jackd_args(RATE, PERIOD_FRAMES)],
+    proc = subprocess.Popen(["jackd", "-n", name, *jackd_args(RATE, PERIOD_FRAMES, PRIVATE_REALTIME)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     env = {**os.environ, "JACK_DEFAULT_SERVER": name}
     deadline = time.monotonic() + 10

