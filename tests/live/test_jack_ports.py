@@ -183,8 +183,12 @@ def test_an_unterminated_sysex_does_not_make_the_input_deaf(private_jack) -> Non
 def test_ports_opened_while_other_clients_come_and_go_all_work(private_jack) -> None:
     """A JACK client opened while others register and leave can come up with its process callback
     never run (3 of 25 opens before MidiIO proved each port through its loopback): every port
-    MidiIO hands out must move messages, its own guard's and echo's included."""
-    from bridge.midi_io import MidiIO, PortOptions
+    MidiIO hands out must move messages, its own guard's and echo's included. Under this churn (a
+    jack_lsp right after another, on two cores) libjack can refuse every new client for a while:
+    measured with one input and an 8 s wait each, 6 of 30 never ran, three of them in a row, and
+    those that ran did within 30 ms. MidiIO then says so after 3 attempts (MidiPortError) instead
+    of handing out a dead port: allowed here, as long as most opens succeed."""
+    from bridge.midi_io import MidiIO, MidiPortError, PortOptions
 
     halt = threading.Event()
 
@@ -194,11 +198,18 @@ def test_ports_opened_while_other_clients_come_and_go_all_work(private_jack) -> 
 
     churner = threading.Thread(target=churn, daemon=True)
     churner.start()
+    opened, refused = 0, []
     try:
         for _ in range(12):
             heard: list[mido.Message] = []
-            io = MidiIO(PortOptions(midi_api="jack", client_name=unique("vjchurn")),
-                        lambda msg, t: heard.append(msg), ["guitar"])
+            try:
+                io = MidiIO(PortOptions(midi_api="jack", client_name=unique("vjchurn")),
+                            lambda msg, t: heard.append(msg), ["guitar"])
+            except MidiPortError as err:
+                assert "JACK never ran its client" in str(err), err  # the one refusal allowed, said plainly
+                refused.append(str(err))
+                continue
+            opened += 1
             try:
                 assert io.input.heard.wait(2.0), "the input never heard its own guard"
                 assert all(port.is_live(2.0) for port in io.outputs.values()), "an output's echo heard nothing"
@@ -207,3 +218,4 @@ def test_ports_opened_while_other_clients_come_and_go_all_work(private_jack) -> 
     finally:
         halt.set()
         churner.join()
+    assert opened >= 8, f"{opened} of 12 opened; refused: {refused}"
