@@ -62,13 +62,19 @@ def tiny_model_dir(tmp_path_factory) -> str:
     Its decoders are scaled so that bars straddle the density thresholds and depend on the
     latent, as a trained model's do, instead of every cell sitting near sigmoid(0) = 0.5.
     """
-    torch.manual_seed(0)
     path = tmp_path_factory.mktemp("model")
-    model = BandModel(TINY)
+    save_band_model(seeded_model(), path)
+    return str(path)
+
+
+def seeded_model(config: BandConfig = TINY) -> BandModel:
+    """An untrained model, seed 0, whose decoders are scaled so that bars straddle the density
+    thresholds and depend on the latent (tiny_model_dir's, and the CUDA tests' in memory)."""
+    torch.manual_seed(0)
+    model = BandModel(config)
     with torch.no_grad():
         for vae in model.vaes.values():
             vae.decoder[-1].bias.fill_(-1.5)
             vae.decoder[-1].weight.mul_(40)
             vae.decoder[2].weight.mul_(4)
-    save_band_model(model, path)
-    return str(path)
+    return model

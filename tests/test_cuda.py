@@ -21,7 +21,7 @@ from models.controls import Controls
 from models.engine import BandEngine
 from models.networks import BandModel
 from models.style import StyleBank
-from tests.conftest import TINY
+from tests.conftest import TINY, seeded_model
 
 PROBABILITY_ATOL = 1e-4
 CELLS_DIFFERENT_AT_MOST = 1e-3
@@ -31,18 +31,6 @@ def piano_bars(n: int, seed: int = 0) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     return [((rng.random((STEPS_PER_BAR, N_PITCHES)) > 0.97) * rng.uniform(0.4, 0.9)).astype(np.float32)
             for _ in range(n)]
-
-
-def seeded_model(arch: str) -> BandModel:
-    """A small untrained model whose decoders straddle their thresholds (as tests/conftest's)."""
-    torch.manual_seed(0)
-    model = BandModel(replace(TINY, arch=arch))
-    with torch.no_grad():
-        for vae in model.vaes.values():
-            vae.decoder[-1].bias.fill_(-1.5)
-            vae.decoder[-1].weight.mul_(40)
-            vae.decoder[2].weight.mul_(4)
-    return model
 
 
 def style_bank(model: BandModel, bars: int = 6) -> StyleBank:
@@ -75,13 +63,13 @@ def engines(model: BandModel, **options) -> tuple[BandEngine, BandEngine]:
 @pytest.mark.parametrize("style", ["", "ref"])
 def test_a_seed_gives_the_same_band_on_cpu_and_cuda(arch: str, style: str) -> None:
     controls = Controls(seed=5, noise_sd=0.8, style=style, alpha=0.5)
-    cpu, gpu = engines(seeded_model(arch), controls=controls)
+    cpu, gpu = engines(seeded_model(replace(TINY, arch=arch)), controls=controls)
     assert gpu.cuda_graph and not cpu.cuda_graph
     for bar in piano_bars(24):
         expected = cpu._decode_next(torch.from_numpy(bar))
         got = gpu._decode_next(torch.from_numpy(bar))
         np.testing.assert_allclose(got, expected, atol=PROBABILITY_ATOL, rtol=0)
-    cpu, gpu = engines(seeded_model(arch), controls=controls)
+    cpu, gpu = engines(seeded_model(replace(TINY, arch=arch)), controls=controls)
     played = [(cpu.step(bar), gpu.step(bar)) for bar in piano_bars(24, seed=1)]
     different = np.mean([np.mean((a > 0) != (b > 0)) for a, b in played])
     assert different <= CELLS_DIFFERENT_AT_MOST, different
@@ -91,7 +79,7 @@ def test_a_seed_gives_the_same_band_on_cpu_and_cuda(arch: str, style: str) -> No
 def test_the_graph_replays_what_the_same_code_computes_kernel_by_kernel() -> None:
     """Graph against eager on the same GPU, through what changes between bars: the predicted piano
     skipped and asked for, a style switched on, a reset, a warmup in between, a new seed."""
-    model = seeded_model("context")
+    model = seeded_model(replace(TINY, arch="context"))
     styles = {"ref": style_bank(model)}
     graphed = BandEngine(copy.deepcopy(model), styles, "cuda", cuda_graph=True, controls=Controls(seed=2))
     eager = BandEngine(copy.deepcopy(model), styles, "cuda", cuda_graph=False, controls=Controls(seed=2))
