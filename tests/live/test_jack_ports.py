@@ -19,14 +19,8 @@ import pytest
 from bridge.jack_server import jackd_args
 from bridge.midi_io import RtMidiInput, RtMidiOutput
 
-from .harness import PERIOD_FRAMES, RATE, BandInput, unique
+from .harness import PRIVATE_REALTIME, PERIOD_FRAMES, RATE, BandInput, unique
 
-
-# --no-realtime on purpose: these tests provoke client churn and server restarts, measured and
-# fixed on a server without real time (25 of 25); on a real-time one (jackd_args' default here) 2 of 6
-# looped runs failed in libjack itself (a client JACK never ran in 3 attempts; a segfault in a
-# client's close), which DESIGN.md records as open
-PRIVATE_REALTIME = False
 
 pytestmark = [pytest.mark.jack]
 

@@ -14,15 +14,9 @@ import pytest
 
 from bridge.jack_server import jackd_args
 
-from .harness import PERIOD_FRAMES, RATE, BandInput, Client, Daemon, find_port, jack_connect, unique
+from .harness import PRIVATE_REALTIME, PERIOD_FRAMES, RATE, BandInput, Client, Daemon, find_port, jack_connect, unique
 from .player import chords, play
 
-
-# --no-realtime on purpose: these tests provoke client churn and server restarts, measured and
-# fixed on a server without real time (25 of 25); on a real-time one (jackd_args' default here) 2 of 6
-# looped runs failed in libjack itself (a client JACK never ran in 3 attempts; a segfault in a
-# client's close), which DESIGN.md records as open
-PRIVATE_REALTIME = False
 
 pytestmark = [pytest.mark.jack]
 
