@@ -75,6 +75,7 @@ def summary(values: Sequence[float]) -> dict[str, float]:
 # Engine variants timed side by side, in interleaved blocks so the machine's load falls on all alike:
 # (label, BandEngine weights, decode the predicted piano, CUDA graph). "modules" is the reference: nn modules.
 VARIANTS = (("nn modules", "modules", True, False), ("fused float32", "float32", True, False),
+            ("fused float32, no piano", "float32", False, False),
             ("fused int8", "int8", True, False), ("fused int8, no piano", "int8", False, False))
 # on CUDA: the whole network part of a bar replayed as one CUDA graph (BandEngine's default there) beside
 # the same code launched kernel by kernel

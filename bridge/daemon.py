@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import gc
 import logging
 import os
 import signal
@@ -362,6 +363,7 @@ def run_command(args: argparse.Namespace) -> int:
             signal.signal(signum, handler)
         sys.setswitchinterval(switch)
         torch.set_num_threads(threads)
+        gc.unfreeze()
 
 
 def _serve(args: argparse.Namespace, stop: threading.Event, jack: JackServer | None = None) -> int:
@@ -370,6 +372,11 @@ def _serve(args: argparse.Namespace, stop: threading.Event, jack: JackServer | N
     except StartupError as err:
         print(f"vaejam run: error: {err}", file=sys.stderr)
         return 2
+    # Everything loaded so far (torch, the model, the ports: ~170,000 objects) is never garbage: frozen,
+    # the collector stops walking it. A full collection took 50-175 ms (measured, more on a busy CPU)
+    # holding the GIL, so the clock threads could not run: over half a beat at 180 BPM relocates a
+    # Link run. Frozen, it takes well under a millisecond.
+    gc.freeze()
     host, port = daemon.osc.address  # type: ignore[attr-defined]
     worker_engine = daemon.session.worker.engine
     print(f"vaejam ready in {process_age_s():.2f} s: play into MIDI in {daemon.midi.input_name!r}, "

@@ -178,6 +178,8 @@ class LinkClock(threading.Thread):
         self._origin = 0.0  # Link beat of tick 0 of the run (a bar downbeat); _lock
         self._next_tick = 0  # _lock
         self._start_due = False  # on_start goes out with the next tick; _lock
+        self._last_look: float | None = None  # `now` of the previous service(): tells a stall from a jump
+        self._last_deadline: float | None = None  # host time of the last tick delivered
         self._errors = CountedLog(log)
         self.latency_s = 0.0  # ticks go out this much before their beat (output latency compensation)
         self.running = False  # a run is in progress (ticks due)
@@ -234,10 +236,18 @@ class LinkClock(threading.Thread):
 
     def service(self, now: float) -> float:
         """Look at the session, deliver start/stop and every tick due by `now`; seconds to the next."""
+        since_look = now - self._last_look if self._last_look is not None else 0.0
+        self._last_look = now
         self._map.refresh()
         state = self._session.capture()
-        self.bpm = state.tempo()
-        self.peers = self._session.peers()
+        bpm = state.tempo()
+        self.peers = self._session.peers()  # now: the session's auto switch to Link looks at it per tick
+        try:
+            return self._serve_due(state, now, bpm, since_look)
+        finally:  # the tempo after this look's work: a status showing a new session's tempo shows what it did too
+            self.bpm = bpm
+
+    def _serve_due(self, state: LinkState, now: float, bpm: float, since_look: float) -> float:
         with self._lock:
             events = self._follow_transport(state, now)
         self._deliver(events)
@@ -247,16 +257,17 @@ class LinkClock(threading.Thread):
                     return self.MAX_SLEEP_S
                 deadline = self._map.to_host(state.time_at(self._origin + self._next_tick * BEATS_PER_TICK))
                 due = deadline - self.latency_s
-                ticks_late = (now - due) * TICKS_PER_BEAT * self.bpm / 60.0
+                ticks_late = (now - due) * TICKS_PER_BEAT * bpm / 60.0
                 # ahead by over a half beat once ticks flow: the timeline jumped back (a fresh run may
                 # wait up to a bar for its downbeat, so not then)
                 if ticks_late > RELOCATE_TICKS or (ticks_late < -RELOCATE_TICKS - 1 and not self._start_due):
-                    events = self._relocate(state, now)
+                    events = self._relocate(state, now, ticks_late, since_look, deadline)
                 elif ticks_late < 0:
                     return due - now
                 else:
                     events = self._tick_events(self._next_tick, deadline)
                     self._next_tick += 1
+                    self._last_deadline = deadline
             self._deliver(events)
 
     # ---- transport (under _lock) -------------------------------------------------------------
@@ -289,6 +300,7 @@ class LinkClock(threading.Thread):
 
     def _begin(self, origin: float, tick: int) -> None:
         self._origin, self._next_tick = origin, tick
+        self._last_deadline = None
         self.running, self._start_due = True, True
 
     def _end(self) -> list[tuple[str, int, float]]:
@@ -300,9 +312,14 @@ class LinkClock(threading.Thread):
             return []
         return [("on_stop", self.tick if self.tick is not None else self._next_tick, self._now())]
 
-    def _relocate(self, state: LinkState, now: float) -> list[tuple[str, int, float]]:
+    def _relocate(self, state: LinkState, now: float, ticks_late: float, since_look: float,
+                  deadline: float) -> list[tuple[str, int, float]]:
         self.relocations += 1
-        self._errors.event("relocate", f"Link timeline jumped at tick {self._next_tick}: relocating", logging.INFO)
+        moved = (f"{(deadline - self._last_deadline) * 1000:.1f} ms after the last tick's"
+                 if self._last_deadline is not None else "no tick before it")
+        self._errors.event("relocate", f"Link clock {ticks_late:+.1f} ticks off at tick {self._next_tick} "
+                           f"(deadline {moved}; {since_look * 1000:.1f} ms since the clock's last look): relocating",
+                           logging.INFO)
         events = self._end()
         self._begin(self._origin, self._position(state, now, self._origin))
         return events

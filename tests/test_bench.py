@@ -75,9 +75,9 @@ def test_link_report_rows_and_a_missing_binding() -> None:
     from bridge.bench_link import LinkResult, link_report
 
     result = LinkResult(120.0, 60.0, 90.0, np.array([0.1, -0.2, 0.3]), np.array([0.1, -0.4]), np.array([0.2]),
-                        {"link_relocations": 0, "late_bars": 0})
+                        {"link_relocations": 1, "late_bars": 0}, relocations_at_join=1)
     text = "\n".join(link_report([result]))
-    assert "| 120 | 60 | 2 | 0.250 / 0.397 / 0.400 | 3 | 0.200 / 0.298 / 0.300 | 90 | 1 | 0.200 / 0.200 / 0.200 | 0 | 0 |" in text
+    assert "| 120 | 60 | 2 | 0.250 / 0.397 / 0.400 | 3 | 0.200 / 0.298 / 0.300 | 90 | 1 | 0.200 / 0.200 / 0.200 | 1 / 0 | 0 |" in text
     assert "Not measured: no binding." in link_report([], "no binding")
 
 

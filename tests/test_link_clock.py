@@ -211,6 +211,42 @@ def test_a_timeline_jump_relocates_instead_of_bursting() -> None:
     assert all(t == pytest.approx(state.time_at(k / 24) / 1e6, abs=1e-9) for k, t, _ in ticks[-10:])
 
 
+def test_a_relocation_says_whether_the_timeline_moved_or_the_clock_thread_was_late(caplog) -> None:
+    said = []
+    for starve in (False, True):
+        now, link, listener, clock = rig(120.0)
+        clock.start_transport()
+        run(now, clock, 0.5)
+        caplog.clear()
+        with caplog.at_level("INFO", logger="bridge.link_clock"):
+            if starve:
+                now.t += 0.3  # the thread starves (a GIL held elsewhere): 300 ms without a look, 14.4 ticks late
+            else:
+                link.jump(1.5)  # the timeline moved: the next deadline lies 750 ms earlier; a look 0.25 ms ago
+            run(now, clock, 0.01)
+        said += [r.getMessage() for r in caplog.records if "relocating" in r.getMessage()]
+        assert clock.relocations == 1
+    moved, starved = said
+    # moved: the next deadline came 729 ms before the last tick's (a tick is 20.8 ms), the thread was on time
+    assert "+36.0 ticks off" in moved and "deadline -729.2 ms after the last tick's; 0.2 ms since" in moved
+    # starved: the deadlines are a tick apart as they should be, the thread looked 300 ms late
+    assert "+14.4 ticks off" in starved and "deadline 20.8 ms after the last tick's; 300.3 ms since" in starved
+
+
+def test_a_status_showing_a_joined_sessions_tempo_counts_the_joins_relocation() -> None:
+    """Tempo and timeline of a joined session arrive together; the relocation they cause is counted
+    before the new tempo is published, so a status reader never sees one without the other."""
+    now, link, listener, clock = rig(100.0)
+    clock.start_transport()
+    run(now, clock, 0.5)
+    seen = []
+    listener.on_stop = lambda tick, t: seen.append((clock.bpm, clock.relocations))  # type: ignore[method-assign]
+    us = link.now_us()
+    link.segments.append((us, link.capture().beat_at(us) + 1.5, 180.0))  # the session joined: its tempo and phase
+    run(now, clock, 0.5)
+    assert seen == [(100.0, 1)] and clock.bpm == 180.0
+
+
 def test_set_bpm_proposes_a_checked_tempo_to_the_session_and_stop_leaves_it() -> None:
     now, link, listener, clock = rig(120.0)
     clock.set_bpm(98.5)

@@ -148,7 +148,11 @@ def test_daemon_adopts_the_peers_tempo_phase_and_tempo_changes(peer, start_daemo
                    "tempo 180 -> 140, beats from one beat after the change")
     pianist.stop()
     status = daemon.status()
-    assert status["link_relocations"] == relocations, "a tempo change must not relocate the band"
+    # the daemon's own words on a relocation (how far off, and whether its clock thread was late or the
+    # timeline moved); a third Link app on the network merging sessions would also show as peers > 1
+    said = [line.strip() for line in daemon.stderr if "relocating" in line]
+    assert status["link_relocations"] == relocations, \
+        f"a tempo change must not relocate the band: {said}; the test peer sees {peer.numPeers()} peers"
     assert status["bars_scheduled"] > 20, status  # the band played while it was measured
     assert daemon.stop() == 0
 
