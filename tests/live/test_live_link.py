@@ -7,6 +7,7 @@ its dummy driver moves MIDI once per 5.3 ms period, coarser than the 2 ms asked 
 """
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -26,12 +27,36 @@ pytest.importorskip("link", reason="Ableton Link binding not installed: pip inst
 pytestmark = [pytest.mark.jack, pytest.mark.slow]
 
 
+DISCOVERY_S = 10.0  # Link peers on one host find each other in well under a second (measured: ~0.2 s)
+
+
+@functools.cache
+def link_reaches_peers() -> bool:
+    """Link finds peers by UDP multicast on the host's interfaces: on a machine whose network does not
+    carry it (a container without multicast), no two Link apps ever meet, vaejam's or not. Two bare
+    peers of the binding show it, once per test run; where they meet, every test here judges vaejam."""
+    import link
+
+    with bench_link.link_session_lock():
+        first, second = link.Link(120.0), link.Link(120.0)
+        first.enabled = second.enabled = True
+        deadline = time.monotonic() + DISCOVERY_S
+        while first.numPeers() == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        met = first.numPeers() > 0
+        first.enabled = second.enabled = False
+    return met
+
+
 @pytest.fixture
 def peer():
     """The test's Link peer (another app in the session), start/stop sync on; enabled before the daemon
     starts, so the daemon joins its session and adopts its tempo (bench_link.open_peer says why). Held
     with this machine's Link turn (another run's peers would join the session); requested before
     start_daemon, so the daemon is gone before the turn passes."""
+    if not link_reaches_peers():
+        pytest.skip(f"two Link peers on this machine did not find each other in {DISCOVERY_S:g} s "
+                    "(no UDP multicast on its network): Ableton Link cannot work here")
     with bench_link.link_session_lock():
         peer = open_peer(180.0)
         yield peer
