@@ -258,3 +258,25 @@ def test_auto_follows_a_peer_and_vaejam_tempo_proposes_to_the_session(peer, star
     status = wait_for(daemon, lambda s: s["link_peers"] == 0)
     assert (status["clock_source"], status["running"], round(float(status["tempo"]), 2)) == ("link", 1, 150.0)
     assert daemon.stop() == 0
+
+
+# The soak behind issue 10's search for a relocation on a tempo change (DESIGN.md, "Ableton Link
+# clock"): 100 changes of the peer's tempo take 2.5 minutes, so it runs with VAEJAM_LINK_SOAK_TEST=1.
+@pytest.mark.skipif(os.environ.get("VAEJAM_LINK_SOAK_TEST") != "1",
+                    reason="2.5-minute soak of tempo changes; VAEJAM_LINK_SOAK_TEST=1 runs it")
+def test_a_hundred_tempo_changes_never_relocate_the_playing_band(peer, start_daemon) -> None:
+    daemon = start_daemon("--clock", "link", "--bpm", "100")
+    wait_for(daemon, bench_link.joined(180.0), peer=peer)
+    pianist = bench_link.Pianist(daemon.client, 180.0)
+    relocations = daemon.status()["link_relocations"]  # the join's, if its snap relocated the run
+    for change in range(100):
+        bpm = 140.0 if change % 2 == 0 else 180.0
+        propose_tempo(peer, bpm)
+        wait_for(daemon, lambda s, bpm=bpm: abs(float(s["tempo"]) - bpm) < 0.01)
+        time.sleep(1.5)  # a few beats at each tempo: the band plays across every change
+    pianist.stop()
+    status = daemon.status()
+    said = [line.strip() for line in daemon.stderr if "relocating" in line]
+    assert status["link_relocations"] == relocations, f"{said}; the test peer sees {peer.numPeers()} peers"
+    assert status["bars_scheduled"] > 50 and status["late_bars"] == 0, status
+    assert daemon.stop() == 0
