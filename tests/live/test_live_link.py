@@ -35,17 +35,21 @@ def link_reaches_peers() -> bool:
     """Link finds peers by UDP multicast on the host's interfaces: on a machine whose network does not
     carry it (a container without multicast), no two Link apps ever meet, vaejam's or not. Two bare
     peers of the binding show it, once per test run; where they meet, every test here judges vaejam."""
-    import link
-
     with bench_link.link_session_lock():
-        first, second = link.Link(120.0), link.Link(120.0)
-        first.enabled = second.enabled = True
+        first, second = open_peer(120.0), open_peer(120.0)
         deadline = time.monotonic() + DISCOVERY_S
         while first.numPeers() == 0 and time.monotonic() < deadline:
             time.sleep(0.01)
         met = first.numPeers() > 0
         first.enabled = second.enabled = False
     return met
+
+
+def relocations_said(daemon, peer) -> str:
+    """The daemon's own words on its relocations (how far off, and whether its clock thread was late or
+    the timeline moved), and the test peer's peer count: a third Link app merging sessions shows there."""
+    said = [line.strip() for line in daemon.stderr if "relocating" in line]
+    return f"{said}; the test peer sees {peer.numPeers()} peers"
 
 
 @pytest.fixture
@@ -173,11 +177,8 @@ def test_daemon_adopts_the_peers_tempo_phase_and_tempo_changes(peer, start_daemo
                    "tempo 180 -> 140, beats from one beat after the change")
     pianist.stop()
     status = daemon.status()
-    # the daemon's own words on a relocation (how far off, and whether its clock thread was late or the
-    # timeline moved); a third Link app on the network merging sessions would also show as peers > 1
-    said = [line.strip() for line in daemon.stderr if "relocating" in line]
     assert status["link_relocations"] == relocations, \
-        f"a tempo change must not relocate the band: {said}; the test peer sees {peer.numPeers()} peers"
+        f"a tempo change must not relocate the band: {relocations_said(daemon, peer)}"
     assert status["bars_scheduled"] > 20, status  # the band played while it was measured
     assert daemon.stop() == 0
 
@@ -276,7 +277,6 @@ def test_a_hundred_tempo_changes_never_relocate_the_playing_band(peer, start_dae
         time.sleep(1.5)  # a few beats at each tempo: the band plays across every change
     pianist.stop()
     status = daemon.status()
-    said = [line.strip() for line in daemon.stderr if "relocating" in line]
-    assert status["link_relocations"] == relocations, f"{said}; the test peer sees {peer.numPeers()} peers"
+    assert status["link_relocations"] == relocations, relocations_said(daemon, peer)
     assert status["bars_scheduled"] > 50 and status["late_bars"] == 0, status
     assert daemon.stop() == 0
