@@ -25,7 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
-from models.bars import N_PITCHES, STEPS_PER_BAR, Note
+from models.bars import BAND_PITCHES, N_PITCHES, STEPS_PER_BAR, Note
 
 STEPS_PER_BEAT = 8
 BEATS_PER_BAR = STEPS_PER_BAR // STEPS_PER_BEAT
@@ -86,7 +86,7 @@ def heard_context(previous_bar: np.ndarray, current_bar: np.ndarray, beat: int) 
 
 
 def _nearest(pitch: int, classes: frozenset[int] | set[int], toward: int | None,
-             busy: set[int], low: int = 0, high: int = N_PITCHES - 1) -> int | None:
+             busy: set[int], low: int = BAND_PITCHES.start, high: int = BAND_PITCHES.stop - 1) -> int | None:
     """The nearest pitch in [low, high] of one of `classes` that is not sounding; ties toward
     `toward` (the voice's last pitch), else down. None when none is within an octave."""
     up_wins = toward is not None and toward > pitch
@@ -162,7 +162,7 @@ class ChordFollower:
             now = beat_start + start % STEPS_PER_BEAT
             for pc in missing:
                 pitch = _nearest(low + 1, {int(pc)}, low + 12, set(sounding) | {n.pitch for n in out},
-                                 low + 1, min(N_PITCHES - 1, low + 12))
+                                 low + 1, min(BAND_PITCHES.stop - 1, low + 12))
                 if pitch is None:
                     continue
                 out.append(template._replace(pitch=pitch))

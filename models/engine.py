@@ -11,13 +11,13 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from models.bars import BAND, INSTRUMENTS, N_PITCHES, STEPS_PER_BAR
+from models.bars import BAND, BAND_PITCHES, INSTRUMENTS, N_PITCHES, STEPS_PER_BAR
 from models.controls import Controls, density_threshold
 from models.fused import FusedBand, ModuleBand, compact_weights_fast, int8_fits
 from models.chords import HARMONY_KEY
 from models.harmony import PITCH_CLASS, KeyTracker
 from models.limits import MAX_NOTES_PER_BAR, cap_notes_in_place
-from models.networks import BandModel
+from models.networks import N_FEATURES, BandModel, piano_features_numpy
 from models.style import StyleBank, sample_style
 
 DEFAULT_DYNAMICS = 90 / 127  # velocity used before the pianist has played anything
@@ -35,8 +35,11 @@ def drop_blips(on: np.ndarray) -> np.ndarray:
 
 
 def active_cells(decoded: np.ndarray, thresholds: np.ndarray, pitched: np.ndarray) -> np.ndarray:
-    """(n, 32, 128) decoder output, (n,) thresholds, (n,) pitched? -> (n, 32, 128) bool cells to play."""
+    """(n, 32, 128) decoder output, (n,) thresholds, (n,) pitched? -> (n, 32, 128) bool cells to play,
+    all inside BAND_PITCHES (whatever a system's decoder gives outside)."""
     on = decoded > thresholds[:, None, None]
+    on[..., :BAND_PITCHES.start] = False
+    on[..., BAND_PITCHES.stop:] = False
     held = np.zeros_like(on)
     held[:, 1:] = on[:, :-1]
     held[:, :-1] |= on[:, 1:]
@@ -45,13 +48,14 @@ def active_cells(decoded: np.ndarray, thresholds: np.ndarray, pitched: np.ndarra
 
 
 def snap_parts_to_scale(parts: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """models.harmony.snap_to_scale on (n, 32, 128) parts at once, in place: an out-of-scale pitch
+    """models.harmony.snap_to_scale on (n, 32, 128) parts (silent outside BAND_PITCHES, as
+    active_cells leaves them) at once, in place: an out-of-scale pitch
     moves a semitone down (up where down is out of scale too), the louder step wins (tested equal)."""
     outside = ~scale[PITCH_CLASS]  # (128,)
     down = outside & np.roll(scale, 1)[PITCH_CLASS]  # pitch - 1 is in the scale
-    down[0] = False
+    down[:BAND_PITCHES.start + 1] = False  # the lowest band pitch moves up: nothing leaves BAND_PITCHES
     up = np.flatnonzero(outside & ~down)
-    up = up[up < N_PITCHES - 1]  # pitch 127 has nowhere to go
+    up = up[up < BAND_PITCHES.stop - 1]  # the highest has nowhere to go
     down = np.flatnonzero(down)
     moved_down, moved_up = parts[..., down], parts[..., up]  # copies, before any write
     parts[..., outside] = 0.0
@@ -148,7 +152,9 @@ class BarEngine:
             raise ValueError(f"piano bar must be ({STEPS_PER_BAR}, {N_PITCHES}), got {piano_bar.shape}")
         started = time.perf_counter()
         first = 0 if (self.decode_piano if decode_piano is None else decode_piano) else 1
-        bar = np.ascontiguousarray(piano_bar, np.float32)
+        bar = np.array(piano_bar, np.float32)  # a copy: the pianist is heard within BAND_PITCHES only
+        bar[:, :BAND_PITCHES.start] = 0.0
+        bar[:, BAND_PITCHES.stop:] = 0.0
         played = bar[bar > 0]
         if played.size:
             self.dynamics = float(played.mean())
@@ -261,7 +267,10 @@ class BandEngine(BarEngine):
         their alphas (host copy pinned for CUDA, device copy static), and the stream's state."""
         k, config = model.config.latent, model.config
         self._layout = {"bar": (0, STEPS_PER_BAR * N_PITCHES)}
-        for name, size in (("noise", k), ("style", len(INSTRUMENTS) * k), ("alpha", len(INSTRUMENTS))):
+        slots = [("noise", k), ("style", len(INSTRUMENTS) * k), ("alpha", len(INSTRUMENTS))]
+        if config.arch == "context":
+            slots.append(("features", N_FEATURES))  # the bar's chroma, made on the host (numpy)
+        for name, size in slots:
             end = max(stop for _, stop in self._layout.values())
             self._layout[name] = (end, end + size)
         size = max(stop for _, stop in self._layout.values())
@@ -308,6 +317,9 @@ class BandEngine(BarEngine):
         view, layout = self._host_view, self._layout
         a, b = layout["bar"]
         view[a:b] = bar.reshape(-1)
+        if "features" in layout:
+            a, b = layout["features"]
+            view[a:b] = piano_features_numpy(bar)
         a, b = layout["noise"]
         noise = torch.randn(b - a, generator=self.generator)  # the article's noise on the latent means
         view[a:b] = noise.numpy() * np.float32(self.controls.noise_sd)
@@ -334,7 +346,7 @@ class BandEngine(BarEngine):
         piano_bar = self._inputs("bar").view(STEPS_PER_BAR, N_PITCHES)
         scaled_noise = self._inputs("noise")
         mean = fused.encode_piano(piano_bar)  # (K,)
-        features = fused.features(piano_bar) if config.arch == "context" else None
+        features = self._inputs("features") if config.arch == "context" else None
         next_piano = self._next_piano(mean, scaled_noise, features)
         band = fused.next_band(next_piano, self.previous[1:], features)  # (4, K)
         latents = torch.cat([next_piano.unsqueeze(0), band])  # (5, K)

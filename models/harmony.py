@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.bars import N_PITCHES
+from models.bars import BAND_PITCHES, N_PITCHES
 
 # Krumhansl & Kessler (1982) probe-tone profiles, tonic first
 MAJOR_PROFILE = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
@@ -28,6 +28,9 @@ def _profiles() -> np.ndarray:
 
 
 PROFILES = _profiles()
+# centred and scaled to unit length once, so a key is one product a bar (Pearson correlation)
+_UNIT_PROFILES = PROFILES - PROFILES.mean(axis=1, keepdims=True)
+_UNIT_PROFILES /= np.linalg.norm(_UNIT_PROFILES, axis=1, keepdims=True)
 
 
 class KeyTracker:
@@ -53,9 +56,7 @@ class KeyTracker:
         if not self.histogram.any():
             return None
         centred = self.histogram - self.histogram.mean()
-        profiles = PROFILES - PROFILES.mean(axis=1, keepdims=True)
-        scores = profiles @ centred / (np.linalg.norm(profiles, axis=1) * np.linalg.norm(centred) + 1e-12)
-        best = int(np.argmax(scores))
+        best = int(np.argmax(_UNIT_PROFILES @ centred))  # the same argmax as the correlation's
         return best % 12, best >= 12
 
     def scale_mask(self) -> np.ndarray | None:
@@ -72,13 +73,14 @@ class KeyTracker:
 def snap_to_scale(bar: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """Move every out-of-scale pitch of a (32, 128) bar a semitone down (or up) into the scale.
 
-    Scales here never hold two adjacent missing semitones, so one step always lands in key.
-    Where two notes land on one pitch the louder step wins.
+    Scales here never hold two adjacent missing semitones, so one step always lands in key; the
+    lowest band pitch moves up, so nothing leaves BAND_PITCHES. Where two notes land on one pitch
+    the louder step wins.
     """
     out = bar.copy()
     for pitch in np.flatnonzero((bar > 0).any(axis=0) & ~scale[PITCH_CLASS]):
-        target = pitch - 1 if pitch > 0 and scale[(pitch - 1) % 12] else pitch + 1
-        if 0 <= target < N_PITCHES:
+        target = pitch - 1 if pitch > BAND_PITCHES.start and scale[(pitch - 1) % 12] else pitch + 1
+        if BAND_PITCHES.start <= target < BAND_PITCHES.stop:
             out[:, target] = np.maximum(out[:, target], bar[:, pitch])
         out[:, pitch] = 0.0
     return out

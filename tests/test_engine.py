@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.bars import BAND, INSTRUMENTS
+from models.bars import BAND, BAND_PITCHES, INSTRUMENTS
 from models.checkpoint import load_band_model
 from models.controls import Controls
 from models.engine import BandEngine
@@ -164,6 +164,7 @@ def test_snapping_all_parts_at_once_equals_snap_to_scale():
 
     rng = np.random.default_rng(0)
     parts = (rng.random((4, 32, 128)) > 0.9) * rng.random((4, 32, 128)).astype(np.float32)
+    parts[..., :BAND_PITCHES.start] = parts[..., BAND_PITCHES.stop:] = 0.0  # as the engine's parts are
     for tonic in range(12):
         for minor in (False, True):
             tracker = KeyTracker()
@@ -171,3 +172,25 @@ def test_snapping_all_parts_at_once_equals_snap_to_scale():
             scale = tracker.scale_mask()
             want = np.stack([snap_to_scale(p, scale) for p in parts])
             np.testing.assert_array_equal(snap_parts_to_scale(parts.copy(), scale), want)
+            assert not want[..., :BAND_PITCHES.start].any() and not want[..., BAND_PITCHES.stop:].any()
+
+
+def test_the_band_hears_and_plays_only_band_pitches(tiny_model_dir):
+    """Notes below 16 or above 111 (outside BAND_PITCHES) are not heard: a bar of only those is a
+    silent bar; and no system's part has a cell there, even where its decoder fires everywhere."""
+    from models.engine import BarEngine
+
+    model = load_band_model(tiny_model_dir)
+    outside = np.zeros((32, 128), np.float32)
+    outside[:, [0, 12, 15, 112, 127]] = 0.8
+    with_outside = BandEngine(model, controls=Controls(seed=3)).step(outside)
+    silent = BandEngine(model, controls=Controls(seed=3)).step(np.zeros((32, 128), np.float32))
+    np.testing.assert_array_equal(with_outside, silent)
+
+    class FiresEverywhere(BarEngine):
+        def _decode_next(self, piano_bar, first=0):
+            return np.full((len(INSTRUMENTS) - first, 32, 128), 0.9, np.float32)
+
+    out = FiresEverywhere([0.2] * len(INSTRUMENTS)).step(band_song(1)[0, 0])
+    assert out[..., BAND_PITCHES.start:BAND_PITCHES.stop].any()
+    assert not out[..., :BAND_PITCHES.start].any() and not out[..., BAND_PITCHES.stop:].any()
