@@ -112,12 +112,11 @@ def _variants(model_dir: str | None, device: str) -> list[tuple[str, str, bool, 
 
 def worker_bar_ms(engine, bar: int) -> float:
     """Milliseconds of the worker's job for one bar: engine.step + note extraction of the rows it plays."""
-    from bridge.session import roll_notes
+    from bridge.session import rolls_notes
 
     started = time.perf_counter()
     out = engine.step(piano_pattern(bar))
-    for row in out[0 if engine.decode_piano else 1:]:
-        roll_notes(row)
+    rolls_notes(out[0 if engine.decode_piano else 1:])
     return (time.perf_counter() - started) * 1000
 
 

@@ -35,7 +35,7 @@ from bridge.clock import (
     _raise_thread_priority,
 )
 from bridge.link_clock import LinkClock, LinkSession
-from models.bars import BAND, N_PITCHES, STEPS_PER_BAR, Note, roll_notes  # noqa: F401 - roll_notes re-exported
+from models.bars import BAND, N_PITCHES, STEPS_PER_BAR, Note, roll_notes, rolls_notes  # noqa: F401 - roll_notes re-exported
 from models.chords import HARMONY_CHORDS, STEPS_PER_BEAT, ChordFollower, Harmony, beat_notes, heard_context
 from models.controls import Controls
 
@@ -198,9 +198,10 @@ class InferenceWorker(threading.Thread):
         out = self.engine.step(piano, decode_piano=self._echo_piano)  # (5, 32, 128): predicted piano, then the band
         self._stepped = True
         # Notes are made here, not on the clock thread.
-        parts = {name: roll_notes(out[i]) for i, name in enumerate(BAND, start=1)}
+        notes = rolls_notes(out if self._echo_piano else out[1:])  # every part it plays, in one pass
+        parts = dict(zip(BAND, notes[-len(BAND):]))
         if self._echo_piano:
-            parts["piano"] = roll_notes(out[0])
+            parts["piano"] = notes[0]
         return BarResult(job.serial, parts, job.controls, (self._clock() - started) * 1000)
 
     def stop(self, block: bool = True) -> None:

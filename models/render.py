@@ -18,7 +18,7 @@ import pretty_midi
 from tqdm import tqdm
 
 from models.bars import (
-    BAND, INSTRUMENTS, N_PITCHES, STEPS_PER_BAR, Song, bars_to_instrument, midi_to_song, roll_notes,
+    BAND, INSTRUMENTS, N_PITCHES, STEPS_PER_BAR, Song, bars_to_instrument, midi_to_song, rolls_notes,
 )
 from models.chords import HARMONY_CHORDS, ChordFollower, fit_bar, notes_roll
 from models.controls import Controls
@@ -45,7 +45,7 @@ def play_bars(engine: BarEngine, bars: np.ndarray, progress: bool = False) -> tu
         step_ms.append(engine.last_step_ms)
         if engine.controls.harmony == HARMONY_CHORDS:
             # beat by beat, each beat hearing only the piano before it, as the live session does
-            parts = {name: roll_notes(out[i]) for i, name in enumerate(BAND, start=1)}
+            parts = dict(zip(BAND, rolls_notes(out[1:])))
             fitted = fit_bar(follower, parts, bars[t, 0], bars[t + 1, 0], (t + 1) * STEPS_PER_BAR)
             out[1:] = np.stack([notes_roll(fitted[name]) for name in BAND])
         band[t + 1, 1:] = out[1:]

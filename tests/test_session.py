@@ -600,3 +600,17 @@ def test_chord_follow_fits_each_beat_to_the_piano_heard_before_it() -> None:
     assert guitar and all(tick >= 96 for tick, _ in guitar)
     assert {note % 12 for _, note in guitar} <= {0, 4, 7}, guitar  # the beat-0 marker heard C major only
     assert 50 not in {note for _, note in guitar}  # D is no chord tone of C major: it moved
+
+
+def test_rolls_notes_equals_roll_to_notes_part_by_part():
+    """The worker's one-pass note extraction for all parts of a bar: the same notes, in the same
+    order, as the reference loop over each part; silent parts, held-through and every-cell parts too."""
+    from models.bars import rolls_notes
+
+    rng = np.random.default_rng(7)
+    for trial in range(60):
+        rolls = ((rng.random((5, 32, 128)) > (0.5, 0.9, 0.99)[trial % 3]) * rng.random((5, 32, 128))).astype(np.float32)
+        rolls[1] = 0.0
+        rolls[2, :, 60] = 0.5  # held the whole bar
+        assert [list(notes) for notes in rolls_notes(rolls)] == [roll_to_notes(roll) for roll in rolls]
+    assert rolls_notes(np.zeros((0, 32, 128), np.float32)) == []

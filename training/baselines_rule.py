@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from models.bars import BAND, STEPS_PER_BAR, roll_notes
+from models.bars import BAND, STEPS_PER_BAR, rolls_notes
 from models.chords import ChordFollower, fit_bar, notes_roll
 
 
@@ -36,7 +36,7 @@ def rule_alone(bars: np.ndarray) -> tuple[np.ndarray, list[float]]:
     fit_ms = []
     for t in range(len(bars) - 1):
         started = time.perf_counter()
-        parts = {name: roll_notes(out[t + 1, i]) for i, name in enumerate(BAND, start=1)}
+        parts = dict(zip(BAND, rolls_notes(out[t + 1, 1:])))
         fitted = fit_bar(follower, parts, bars[t, 0], bars[t + 1, 0], (t + 1) * STEPS_PER_BAR)
         out[t + 1, 1:] = np.stack([notes_roll(fitted[name]) for name in BAND])
         fit_ms.append((time.perf_counter() - started) * 1000)
