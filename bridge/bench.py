@@ -516,8 +516,8 @@ def report(inference: dict[str, dict], live: list[LiveResult], command: str, mod
                   "Error = |a band note-on's frame minus the frame of its step's clock| (the nearest step clock); "
                   "early % = share of note-ons before their clock.", "",
                   "| BPM | run s | note-ons | p50 ms | p99 ms | max ms | p50 / p99 / max periods | first note of a step p99 ms "
-                  "| late bars | bars played | early % | ready s (own) | peak RSS MB |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| late bars | bars played | early % | inference in the daemon p50 / p99 ms | ready s (own) | peak RSS MB |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in live:
             ms = np.abs(r.errors_frames) / r.rate * 1000
             periods = np.abs(r.errors_frames) / r.period
@@ -531,11 +531,14 @@ def report(inference: dict[str, dict], live: list[LiveResult], command: str, mod
             lines.append(
                 f"| {r.bpm:g} | {r.seconds:g} | {len(ms)} | {p[0]:.2f} | {p[1]:.2f} | {p[2]:.2f} | "
                 f"{q[0]:.2f} / {q[1]:.2f} / {q[2]:.2f} | {first_p99:.2f} | {r.status.get('late_bars')} | "
-                f"{r.status.get('bars_scheduled')} | {early:.0f} | {r.ready_s:.2f} ({r.ready_own_s:.2f}) | {r.rss_mb:.0f} |")
+                f"{r.status.get('bars_scheduled')} | {early:.0f} | {r.status.get('inference_ms_p50', float('nan')):.2f} / "
+                f"{r.status.get('inference_ms_p99', float('nan')):.2f} | {r.ready_s:.2f} ({r.ready_own_s:.2f}) | {r.rss_mb:.0f} |")
         r = live[0]
         lines += ["", f"JACK: dummy driver, {r.period} frames at {r.rate} Hz = one period of "
                   f"{r.period / r.rate * 1000:.2f} ms. Ready s: from the bench starting the process to reading its ready "
-                  "line (own: the age of the daemon's process when it printed the line)."]
+                  "line (own: the age of the daemon's process when it printed the line). Inference in the daemon: the "
+                  "worker's job per bar (step + notes) as the daemon timed it (status `inference_ms_p50`/`_p99`), "
+                  "between idle waits, against the back-to-back loop of the inference table."]
     lines += link
     return "\n".join(lines) + "\n"
 

@@ -131,7 +131,7 @@ _ACTIONS = (
                "saved in the user's config folder, listed in status as cc/<control>; \"\" cancels"),
     OscAddress(f"{PREFIX}/status", "i", "status", "action", 1, 65535, None,
                "Replies with one bundle of /vaejam/status/<key> value messages (bar, tempo, clock, "
-               "controls, late_bars, inference_ms, counters) to the sender, or to the sender's host "
+               "controls, late_bars, last_inference_ms and its p50/p99 over the last 512 bars, counters) to the sender, or to the sender's host "
                "on the given port", optional=1),
 )
 

@@ -23,6 +23,7 @@ import math
 import queue
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, Sequence
@@ -40,6 +41,7 @@ from models.chords import HARMONY_CHORDS, STEPS_PER_BEAT, ChordFollower, Harmony
 from models.controls import Controls
 
 log = logging.getLogger(__name__)
+INFERENCE_WINDOW = 512  # bars of inference time that status summarises (p50, p99)
 
 Clock = Callable[[], float]
 CLOCK_MESSAGES = frozenset({"clock", "start", "continue", "stop", "songpos"})
@@ -306,6 +308,7 @@ class LiveSession:
         self._playing: tuple[BarResult, int] | None = None  # the bar being played, its first step; _lock
         self._follower = ChordFollower()  # beat-level chord follow of the band's notes; _lock
         self._last_inference_ms = 0.0  # _lock
+        self._inference_ms: deque[float] = deque(maxlen=INFERENCE_WINDOW)  # the worker's recent bars; _lock
         self._counters = _Counters()  # _lock
         self._take_origin: int | None = None  # serial step where the take started; _lock
         self._take_has_notes = False  # a note went into the take: its start stays put; _lock
@@ -581,6 +584,7 @@ class LiveSession:
         """Worker thread: keep the newest result; the downbeat decides whether it is in time."""
         with self._lock:
             self._last_inference_ms = result.inference_ms
+            self._inference_ms.append(result.inference_ms)
             self._counters.bars_generated += 1
             if result.serial == self._expected:
                 self._ready = result
@@ -783,6 +787,9 @@ class LiveSession:
                 "tick": self._last_tick, "tempo": round(self._tempo(), 2), "clock_source": self._source,
                 "running": int(self._running), "late_bars": c.late_bars,
                 "last_inference_ms": round(self._last_inference_ms, 3),
+                # the worker's job per bar as it runs here, between idle waits (`vaejam bench` reads it)
+                **{f"inference_ms_{name}": round(float(np.percentile(self._inference_ms, q)), 3) if self._inference_ms else 0.0
+                   for name, q in (("p50", 50), ("p99", 99))},
                 "autopilot": self._autopilot, "autopilot_left": self._autopilot_left,
                 "recording": int(self._take_origin is not None),
                 "take": str(self._take_path or ""),

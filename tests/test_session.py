@@ -404,6 +404,31 @@ def test_status_has_what_the_osc_reply_needs() -> None:
     assert all(isinstance(v, (int, float, str)) for v in status.values())
 
 
+def test_status_summarises_the_inference_time_of_recent_bars() -> None:
+    """p50/p99 of the worker's job per bar over the last INFERENCE_WINDOW bars, as timed by the
+    worker's clock (here: each step takes 1 ms longer than the one before)."""
+    from bridge.session import INFERENCE_WINDOW
+
+    rig = Rig()
+    assert rig.session.status()["inference_ms_p50"] == 0.0  # no bar yet
+    step, taken = rig.engine.step, []
+
+    def slow_step(piano_bar, decode_piano=None):
+        taken.append(len(taken) + 1)
+        rig.now += taken[-1] / 1000  # this bar's job takes len(taken) ms on the session's clock
+        return step(piano_bar, decode_piano)
+
+    rig.engine.step = slow_step
+    for bar in range(24):
+        rig.note(60, bar * 96 + 1, bar * 96 + 40)
+    rig.start()
+    rig.run_to(24 * 96)  # 24 bars of piano
+    status = rig.session.status()
+    assert len(taken) >= 20 and status["last_inference_ms"] == pytest.approx(taken[-1])
+    assert status["inference_ms_p50"] == pytest.approx(np.percentile(taken[-INFERENCE_WINDOW:], 50), abs=1e-3)
+    assert status["inference_ms_p99"] == pytest.approx(np.percentile(taken[-INFERENCE_WINDOW:], 99), abs=1e-3)
+
+
 def test_options_are_validated() -> None:
     with pytest.raises(ValueError, match="lookahead"):
         SessionOptions(lookahead_steps=0)
