@@ -22,9 +22,9 @@ STEPS_PER_BAR = STEPS_PER_BEAT * BEATS_PER_BAR  # 32
 N_PITCHES = 128
 # The pitches the band plays: MIDI 16-111, the blocks of 16 pitches around the piano's 88 keys
 # (A0 = 21 to C8 = 108). Every instrument's register lies inside (General MIDI drums 27-87), the
-# training corpora have ~0.0003 % of band cells outside, and the shipped model played none there
-# in 950,000 cells of held-out songs; so the decoders' outer blocks (0-15, 112-127) are not
-# computed, a quarter of each decoder's work (models.fused).
+# MMA and human corpora have 0.013 % of their band cells outside, and the shipped model played none
+# there in 949,481 cells of held-out songs (BENCHMARKS.md); so the decoders' outer blocks (0-15,
+# 112-127) are not computed, a quarter of each decoder's work (models.fused).
 BAND_PITCHES = range(16, 112)
 # General MIDI programs (0-based) the band plays back on; drums go on channel 10.
 OUTPUT_PROGRAMS: dict[str, int] = {"piano": 0, "guitar": 25, "bass": 33, "strings": 48, "drums": 0}
