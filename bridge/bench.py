@@ -164,6 +164,7 @@ def threaded_latency(model_dir: str | None, bars: int, switch_s: float | None, p
 
     def work() -> None:
         got["priority"] = _raise_thread_priority(HELPER_PRIORITY)  # as bridge.session.InferenceWorker
+        engine.warmup()  # on this thread first, as InferenceWorker.warm: torch's per-thread set-up (~40 ms) is not a bar
         times.extend(worker_bar_ms(engine, bar) for bar in range(bars))
 
     worker = threading.Thread(target=work)
