@@ -34,7 +34,7 @@ PLAYED_POSITIONS = range(BAND_PITCHES.start // PITCHES_PER_POSITION, BAND_PITCHE
 
 
 def int8_fits(model: BandModel) -> bool:
-    """Whether the 256 -> 2048 layer's input width (channels[2]) suits the int8 kernel."""
+    """Whether the 256 -> 1536 layer's input width (channels[2]) suits the int8 kernel."""
     return model.config.channels[2] % INT8_BLOCK == 0
 
 
@@ -65,7 +65,7 @@ class FusedBand:
         self.decoder = [torch.stack(ws) for ws in zip(*(self._decoder_weights(params, f"vaes.{n}.") for n in INSTRUMENTS))]
         self._sliced: dict[tuple[int, int], list] = {}  # (first, n) -> decoder weights of those instruments
         if weights == "int8":
-            self.decoder[2] = self._int8_per_channel(self.decoder[2])  # 256 -> c2*16, the biggest layer
+            self.decoder[2] = self._int8_per_channel(self.decoder[2])  # 256 -> c2 * 12, the biggest layer
             self.decoder[4] = self.decoder[4].bfloat16()
         m = "melody.net."
         self.melody = [(params[f"{m}{i}.weight"].T.contiguous(), params[f"{m}{i}.bias"]) for i in (0, 3, 5)]
