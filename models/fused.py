@@ -216,12 +216,6 @@ class ModuleBand:
         return torch.cat([self.model.conditionals[name](next_piano.unsqueeze(0), previous[i : i + 1], extra)
                           for i, name in enumerate(BAND)])
 
-    def _decoders(self, first: int, n: int) -> list:
-        """The decoder weights of INSTRUMENTS[first:first + n], sliced once (8 views a bar otherwise)."""
-        if (first, n) not in self._sliced:
-            self._sliced[first, n] = [w if isinstance(w, tuple) else w[first:first + n] for w in self.decoder]
-        return self._sliced[first, n]
-
     def decode(self, latents: torch.Tensor, first: int = 0) -> torch.Tensor:
         return torch.cat([self.model.vaes[name].decode(latents[i : i + 1])[:, 0]
                           for i, name in enumerate(INSTRUMENTS[first:first + len(latents)])])

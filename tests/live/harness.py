@@ -148,7 +148,8 @@ class Daemon:
         self.ready_line = self._wait_ready()
         self.osc_port = int(re.search(r"OSC [\d.]+:(\d+)", self.ready_line).group(1))
         self.stderr: list[str] = []
-        threading.Thread(target=self._drain, args=(self.proc.stderr, self.stderr), daemon=True).start()
+        self._stderr_reader = threading.Thread(target=self._drain, args=(self.proc.stderr, self.stderr), daemon=True)
+        self._stderr_reader.start()
         threading.Thread(target=self._drain, args=(self.proc.stdout, self.lines), daemon=True).start()
 
     def _wait_ready(self) -> str:
@@ -195,9 +196,15 @@ class Daemon:
         return self.proc.poll() is None
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        """Send `sig` and return the exit status; a death by another signal (a crash) fails here,
+        with the daemon's stderr (faulthandler's stacks) in the message."""
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-        return self.proc.wait(timeout=timeout)
+        rc = self.proc.wait(timeout=timeout)
+        if rc < 0 and rc != -sig:
+            self._stderr_reader.join(timeout=5.0)  # it ends at the dead process's end of file
+            raise AssertionError(f"daemon died of signal {-rc}; stderr:\n{''.join(self.stderr[-80:])}")
+        return rc
 
 
 _counter = iter(range(10**6))
