@@ -5,6 +5,7 @@ and evaluation measure. Given the same seed, controls and inputs, the outputs ar
 """
 from __future__ import annotations
 
+import functools
 import time
 from typing import Mapping
 
@@ -47,22 +48,30 @@ def active_cells(decoded: np.ndarray, thresholds: np.ndarray, pitched: np.ndarra
     return on & held
 
 
+@functools.lru_cache(maxsize=None)
+def _snap_masks(scale_bits: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For a (12,) bool scale: float 0/1 masks of (128,) the pitches kept, (127,) the pitches
+    1..127 that move a semitone down, (127,) the pitches 0..126 that move up."""
+    scale = np.frombuffer(scale_bits, bool)
+    outside = ~scale[PITCH_CLASS]
+    down = outside & np.roll(scale, 1)[PITCH_CLASS]  # pitch - 1 is in the scale
+    down[:BAND_PITCHES.start + 1] = False  # the lowest band pitch moves up: nothing leaves BAND_PITCHES
+    up = outside & ~down
+    up[BAND_PITCHES.stop - 1:] = False  # the highest has nowhere to go
+    return (~outside).astype(np.float32), down[1:].astype(np.float32), up[:-1].astype(np.float32)
+
+
 def snap_parts_to_scale(parts: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """models.harmony.snap_to_scale on (n, 32, 128) parts (silent outside BAND_PITCHES, as
     active_cells leaves them) at once, in place: an out-of-scale pitch
-    moves a semitone down (up where down is out of scale too), the louder step wins (tested equal)."""
-    outside = ~scale[PITCH_CLASS]  # (128,)
-    down = outside & np.roll(scale, 1)[PITCH_CLASS]  # pitch - 1 is in the scale
-    down[:BAND_PITCHES.start + 1] = False  # the lowest band pitch moves up: nothing leaves BAND_PITCHES
-    up = np.flatnonzero(outside & ~down)
-    up = up[up < BAND_PITCHES.stop - 1]  # the highest has nowhere to go
-    down = np.flatnonzero(down)
-    moved_down, moved_up = parts[..., down], parts[..., up]  # copies, before any write
-    parts[..., outside] = 0.0
-    np.maximum(parts[..., down - 1], moved_down, out=moved_down)  # targets hold at most one mover each way
-    parts[..., down - 1] = moved_down
-    np.maximum(parts[..., up + 1], moved_up, out=moved_up)
-    parts[..., up + 1] = moved_up
+    moves a semitone down (up where down is out of scale too), the louder step wins (tested equal).
+    Shifted slices times 0/1 masks rather than gathers by pitch index: a third of the time."""
+    keep, moves_down, moves_up = _snap_masks(scale.tobytes())
+    arriving_from_above = parts[..., 1:] * moves_down  # (n, 32, 127): lands on pitch p - 1
+    arriving_from_below = parts[..., :-1] * moves_up  # lands on pitch p + 1
+    parts *= keep
+    np.maximum(parts[..., :-1], arriving_from_above, out=parts[..., :-1])  # a target hears at most one mover each way
+    np.maximum(parts[..., 1:], arriving_from_below, out=parts[..., 1:])
     return parts
 
 
@@ -198,13 +207,17 @@ class BarEngine:
         pitched = PITCHED[rows]
         on = active_cells(decoded, thresholds, pitched)
         empty = ~on.any(axis=(1, 2))
+        peaks = None  # each row's highest cell, once a retry needs it
         for looser in RETRIES:  # a band keeps playing: an empty bar is retried at up to 4x the
             if not empty.any():  # density before the instrument rests
                 break
             retry = np.flatnonzero(empty)
             thresholds[retry] = self._thresholds[rows[retry]] * looser
-            on[retry] = active_cells(decoded[retry], thresholds[retry], pitched[retry])
-            empty[retry] = ~on[retry].any(axis=(1, 2))
+            peaks = decoded.max(axis=(1, 2)) if peaks is None else peaks
+            retry = retry[peaks[retry] > thresholds[retry]]  # the others stay silent: no cell reaches even this
+            if len(retry):
+                on[retry] = active_cells(decoded[retry], thresholds[retry], pitched[retry])
+                empty[retry] = ~on[retry].any(axis=(1, 2))
         # the decoder's confidence adds a little accent around the pianist's level:
         # velocity = dynamics * gain * (0.85 + 0.3 * (decoded - threshold) / (1 - threshold))
         slope = self.dynamics * self._gains[rows] * 0.3 / np.maximum(1e-6, 1.0 - thresholds)
@@ -215,8 +228,9 @@ class BarEngine:
         velocity *= on
         starts = on.copy()
         starts[:, 1:] &= ~on[:, :-1]  # note onsets, as models.limits counts them
-        for i in np.flatnonzero(starts.sum(axis=(1, 2)) > MAX_NOTES_PER_BAR):  # rare: a decoder firing everywhere
-            self.capped_notes += cap_notes_in_place(velocity[i], decoded[i])
+        if np.count_nonzero(starts) > MAX_NOTES_PER_BAR:  # all parts together: one part can be over
+            for i in np.flatnonzero(starts.sum(axis=(1, 2)) > MAX_NOTES_PER_BAR):  # rare: a decoder firing everywhere
+                self.capped_notes += cap_notes_in_place(velocity[i], decoded[i])
         return velocity
 
     def warmup(self, steps: int = 3) -> None:

@@ -10,6 +10,8 @@ alone; 2 (the default) adds beat-level chord follow on top (models.chords).
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from models.bars import BAND_PITCHES, N_PITCHES
@@ -64,10 +66,15 @@ class KeyTracker:
         key = self.key()
         if key is None:
             return None
-        tonic, minor = key
-        mask = np.zeros(12, bool)
-        mask[[(tonic + degree) % 12 for degree in (MINOR_SCALE if minor else MAJOR_SCALE)]] = True
-        return mask
+        return _scale_of(*key).copy()
+
+
+@functools.lru_cache(maxsize=24)
+def _scale_of(tonic: int, minor: bool) -> np.ndarray:
+    """(12,) bool: the pitch classes of a key's scale (made once per key; callers get a copy)."""
+    mask = np.zeros(12, bool)
+    mask[[(tonic + degree) % 12 for degree in (MINOR_SCALE if minor else MAJOR_SCALE)]] = True
+    return mask
 
 
 def snap_to_scale(bar: np.ndarray, scale: np.ndarray) -> np.ndarray:
