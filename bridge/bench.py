@@ -142,6 +142,67 @@ def inference_latency(model_dir: str | None, device: str, bars: int) -> dict[str
     return {label: {**summary(t), "ready_s": ready_s[label]} for label, t in times.items()}
 
 
+MATMULS = {"aten::addmm": 2, "aten::baddbmm": 2, "aten::mm": 1, "aten::bmm": 1}  # op -> its weight operand
+
+
+def matmul_costs(engine, bars: int = 8) -> list[tuple[int, int, float, tuple[int, int, int, int]]]:
+    """Every matrix product the steps of `bars` bars ran, as (weight bytes, FLOPs, self seconds,
+    (batch, m, k, n)): read from the profiler (input shapes and self time of addmm/baddbmm/mm/bmm);
+    the weights are taken as float32."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for bar in range(bars):
+            engine.step(piano_pattern(bar))
+    costs = []
+    for event in prof.events():
+        operand = MATMULS.get(event.name)
+        if operand is None:
+            continue
+        x, w = event.input_shapes[operand - 1], event.input_shapes[operand]
+        batch, (m, k), n = int(np.prod(w[:-2])), x[-2:], w[-1]
+        costs.append((4 * batch * k * n, 2 * batch * m * k * n, event.self_cpu_time_total / 1e6, (batch, m, k, n)))
+    return costs
+
+
+def _median_s(job, repeats: int = 30) -> float:
+    """Median seconds of `job()` over `repeats` runs, after 3 unmeasured ones."""
+    times = []
+    for _ in range(repeats + 3):
+        started = time.perf_counter()
+        job()
+        times.append(time.perf_counter() - started)
+    return float(np.median(times[3:]))
+
+
+def network_floor(model_dir: str | None, bars: int = 8) -> dict[str, float] | None:
+    """What a bar's matrix products cost at least on this core, against what they cost in a step.
+    Each product needs at least the longer of reading its weights (at the rate this thread reads a
+    buffer the size of all of a bar's weights, over and over: the back-to-back case) and its FLOPs
+    (at the rate of the bar's biggest product run alone, its weights in cache). The fused float32
+    engine without the piano (the daemon's path on an AVX2 CPU); None for a baseline."""
+    import torch
+
+    from bridge.daemon import TORCH_THREADS
+    from models.systems import is_baseline
+
+    if is_baseline(model_dir):
+        return None
+    torch.set_num_threads(TORCH_THREADS)
+    costs = matmul_costs(_engine(model_dir, "cpu", "float32", decode_piano=False), bars)
+    weight_bytes = sum(c[0] for c in costs) / bars
+    weights = torch.ones(int(weight_bytes) // 4)
+    bytes_per_s = weight_bytes / _median_s(weights.sum)
+    batch, m, k, n = max(costs, key=lambda c: c[1])[3]
+    x, w = torch.rand(batch, m, k), torch.rand(batch, k, n)
+    flops_per_s = 2 * batch * m * k * n / _median_s(lambda: torch.bmm(x, w))
+    floor_s = sum(max(b / bytes_per_s, f / flops_per_s) for b, f, _, _ in costs) / bars
+    return {"products": len(costs) // bars, "weight_mb": weight_bytes / 1e6,
+            "mflop": sum(c[1] for c in costs) / bars / 1e6, "read_gb_s": bytes_per_s / 1e9,
+            "gflop_s": flops_per_s / 1e9, "floor_ms": floor_s * 1000,
+            "measured_ms": sum(c[2] for c in costs) / bars * 1000}
+
+
 def _busy_neighbour(halt: threading.Event, period_s: float) -> None:
     """A Python thread like the daemon's MIDI/clock handlers: wakes every period, does a little work."""
     while not halt.wait(period_s):
@@ -485,7 +546,7 @@ def machine() -> str:
 
 def report(inference: dict[str, dict], live: list[LiveResult], command: str, model: str,
            threaded: dict[str, dict] | None = None, concurrent: list[dict] | None = None,
-           link: Sequence[str] = ()) -> str:
+           link: Sequence[str] = (), floor: dict[str, float] | None = None) -> str:
     """The Markdown section; `link`: bench_link.link_report's lines, placed last."""
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     lines = [f"## `{command}`", "", f"- When: {time.strftime('%Y-%m-%d %H:%M %Z')}; machine: {machine()}; "
@@ -502,6 +563,16 @@ def report(inference: dict[str, dict], live: list[LiveResult], command: str, mod
         ratios = f"{s['p50'] / ref['p50']:.2f} | {s['p99'] / ref['p99']:.2f}" if ref else "— | —"
         ready = f"{s['ready_s']:.2f}" if "ready_s" in s else "—"
         lines.append(f"| {name} | {s['n']} | {s['p50']:.2f} | {s['p99']:.2f} | {s['max']:.2f} | {ratios} | {ready} |")
+    if floor:
+        lines += ["", "### A bar's matrix products: what they cost at least on this core, and in a step", "",
+                  "Fused float32, no piano. Floor = the sum over the products of the longer of reading the "
+                  "product's weights (at the read rate of one thread over a buffer the size of all of a bar's "
+                  "weights, again and again) and its FLOPs (at the rate of the bar's biggest product alone). "
+                  "In a step = their profiled time (`bridge.bench.network_floor`).", "",
+                  "| products a bar | weights MB | MFLOP | read GB/s | matmul GFLOP/s | floor ms | in a step ms |",
+                  "|---|---|---|---|---|---|---|",
+                  f"| {floor['products']} | {floor['weight_mb']:.2f} | {floor['mflop']:.1f} | {floor['read_gb_s']:.1f} | "
+                  f"{floor['gflop_s']:.1f} | {floor['floor_ms']:.2f} | {floor['measured_ms']:.2f} |"]
     if threaded:
         lines += ["", "### The same job in a worker thread beside a Python thread waking every 1 ms (as in the daemon)", "",
                   "| GIL switch interval | worker priority | bars | p50 ms | p99 ms | max ms |", "|---|---|---|---|---|---|"]
@@ -576,6 +647,9 @@ def bench_command(args: argparse.Namespace) -> int:
                  for label, s in inference_latency(args.model, device, args.bars).items()}
     for name, s in inference.items():
         print(f"inference {name}: p50 {s['p50']:.2f} ms, p99 {s['p99']:.2f} ms, max {s['max']:.2f} ms", flush=True)
+    floor = network_floor(args.model)
+    if floor:
+        print(f"matrix products: floor {floor['floor_ms']:.2f} ms a bar, {floor['measured_ms']:.2f} ms in a step", flush=True)
     threaded = {f"{name}": threaded_latency(args.model, args.bars, switch)
                 for name, switch in (("5 ms (Python's default)", None), ("1 ms (the daemon's)", 0.001))}
     concurrent = [concurrent_latency(args.model, bands, args.bars) for bands in args.bands]
@@ -599,7 +673,7 @@ def bench_command(args: argparse.Namespace) -> int:
     from models.checkpoint import DEFAULT_MODEL_DIR
 
     text = report(inference, live, "vaejam bench " + " ".join(sys.argv[2:]), args.model or str(DEFAULT_MODEL_DIR),
-                  threaded, concurrent, link)
+                  threaded, concurrent, link, floor)
     print(text)
     if args.write:
         with open(args.write, "a") as out:

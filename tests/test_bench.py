@@ -49,6 +49,32 @@ def test_report_puts_every_variant_beside_the_modules() -> None:
     assert "| 1 ms | normal | 10 | 1.00 | 2.00 | 3.00 |" in text
 
 
+def test_the_floor_counts_every_weight_of_a_bar_once_per_bar(tiny_model_dir) -> None:
+    """The profiled products of a step (no piano) read exactly the fused weight matrices of that path:
+    the piano encoder, MelodyNN, the ConditionalNNs and the four band decoders."""
+    from bridge.bench import _engine, matmul_costs, network_floor
+
+    engine = _engine(tiny_model_dir, "cpu", "float32", decode_piano=False)
+    fused, bars = engine.fused, 3
+    costs = matmul_costs(engine, bars)
+    matrices = [fused.encoder[i] for i in (0, 2, 4, 6)] + [w for w, _ in fused.melody] + [w for w, _ in fused.conditional]
+    matrices += [w[1:] for w in fused.decoder[0::2]]  # decoder weights (wl, w1, w2, w3) of guitar .. drums
+    assert sum(c[0] for c in costs) == bars * sum(m.numel() * 4 for m in matrices)
+    assert len(costs) == bars * len(matrices)
+    floor = network_floor(tiny_model_dir, bars)
+    assert floor["products"] == len(matrices) and 0 < floor["floor_ms"] and floor["read_gb_s"] > 0
+
+
+def test_report_shows_the_floor() -> None:
+    from bridge.bench import report
+
+    row = {"n": 10, "p50": 1.0, "p99": 2.0, "max": 3.0}
+    floor = {"products": 13, "weight_mb": 10.86, "mflop": 21.8, "read_gb_s": 57.0, "gflop_s": 50.1,
+             "floor_ms": 0.5, "measured_ms": 0.85}
+    text = report({"cpu, nn modules": row}, [], "vaejam bench", "m", floor=floor)
+    assert "| 13 | 10.86 | 21.8 | 57.0 | 50.1 | 0.50 | 0.85 |" in text
+
+
 class PeerAt120:
     """A Link peer's session state at 120 BPM whose beat 0 (a downbeat) is at host time 1 s."""
 
