@@ -42,6 +42,12 @@ class MidiPortError(OSError):
     """A port that cannot be opened or used; the message names the port and the API."""
 
 
+class PortListChanged(MidiPortError):
+    """rtmidi opens and connects ports by their index in a list it reads again inside the call: a
+    port that another client registered or removed in between makes the index invalid. Opening
+    again reads a fresh list (MidiIO._open_live)."""
+
+
 def apis_to_try(choice: str, platform: str = sys.platform, has_alsa_seq: bool | None = None) -> list[str]:
     """rtmidi APIs to try in order for a --midi-api choice (auto: the platform's native one, then JACK)."""
     if choice not in API_CHOICES:
@@ -223,6 +229,21 @@ LIVE_ATTEMPTS = 3  # new JACK clients tried for a port whose process callback ne
 DRAIN_TIMEOUT_S = 2.0  # longest wait for a JACK output's last messages to be seen leaving it
 ACTIVE_SENSING = 0xFE  # the drain marker; also tells hardware synths "connection gone, release voices"
 
+# The rtmidi objects of JACK ports closed for the process's exit (MidiIO.close(for_exit=True)), kept
+# so that nothing destroys them: the process ends with os._exit (bridge.cli.entry) and jackd then
+# removes their clients whole. Destroying one makes RtMidi unregister its port while the client is
+# still active, and libjack's notification thread may be walking that client's port list for a
+# latency callback at that moment: a segfault (jackaudio/jack2#216; a stand-alone loop of 400 output
+# closes crashed 2 runs of 3, the core dump in JackClient::HandleLatencyCallback; a daemon stop died
+# of SIGSEGV in one of ten looped live suites before, its stack not recorded).
+_LEFT_FOR_EXIT: list[object] = []
+
+
+def jack_clients_left_for_exit() -> bool:
+    """Whether JACK clients were left open for the process's exit (the process must then end with
+    os._exit, or Python's own teardown destroys them after all)."""
+    return bool(_LEFT_FOR_EXIT)
+
 
 def _rtmidi_api(api: str) -> int:
     import rtmidi  # lazily: only real ports need the library
@@ -265,6 +286,7 @@ class RtMidiInput(BaseInput):
         self.jack_name: str | None = None  # JACK only: our port's full name ("vaejam:vaejam in")
         self.heard_at = clock()  # when the poll thread last read anything (the guard's F7 included)
         self.heard = threading.Event()  # set by the poll thread once it has read anything
+        self.for_exit = False  # set by MidiIO before close: leave the JACK clients to the process's exit
         super().__init__(name, handler, clock)
 
     def _open(self) -> None:
@@ -285,7 +307,8 @@ class RtMidiInput(BaseInput):
                 self._connect_guard(before)
         except (rtmidi.SystemError, rtmidi.RtMidiError, RuntimeError) as err:
             self._delete_rtmidi()
-            raise MidiPortError(f"cannot open MIDI input {self.name!r} on {self.api}: {err}") from err
+            error = PortListChanged if isinstance(err, rtmidi.InvalidPortError) else MidiPortError
+            raise error(f"cannot open MIDI input {self.name!r} on {self.api}: {err}") from err
         self.heard_at = self._clock()
         self._poller = threading.Thread(target=self._poll, name=f"vaejam-midi-in:{self.name}", daemon=True)
         self._poller.start()
@@ -343,6 +366,9 @@ class RtMidiInput(BaseInput):
 
     def _delete_rtmidi(self) -> None:
         guard, self._guard = self._guard, None
+        if self.for_exit and self.api == "UNIX_JACK":
+            _LEFT_FOR_EXIT.extend(rt for rt in (guard, getattr(self, "_rt", None)) if rt is not None)
+            return
         if guard is not None:
             guard.delete()  # type: ignore[attr-defined]
         rt = getattr(self, "_rt", None)  # absent when the MidiIn itself could not be made
@@ -376,6 +402,7 @@ class RtMidiOutput(BaseOutput):
         # JACK only: raw messages sent once more at close, in a later process cycle than everything
         # before them (the release: see _drain_jack); set by MidiIO.close
         self.final: tuple[Sequence[int], ...] = ()
+        self.for_exit = False  # set by MidiIO before close: leave the JACK clients to the process's exit
         super().__init__(name)
 
     def _open(self) -> None:
@@ -394,7 +421,12 @@ class RtMidiOutput(BaseOutput):
                 self.jack_name = _new_port(self._probe, before, self._client_name, self.name)
                 self._connect_echo()
         except (rtmidi.SystemError, rtmidi.RtMidiError, RuntimeError) as err:
-            raise MidiPortError(f"cannot open MIDI output {self.name!r} on {self.api}: {err}") from err
+            for rt in (self._probe, getattr(self, "_rt", None)):
+                if rt is not None:
+                    rt.delete()  # type: ignore[attr-defined]
+            self._probe = None
+            error = PortListChanged if isinstance(err, rtmidi.InvalidPortError) else MidiPortError
+            raise error(f"cannot open MIDI output {self.name!r} on {self.api}: {err}") from err
 
     def _send(self, msg: mido.Message) -> None:
         with self._lock:
@@ -407,6 +439,11 @@ class RtMidiOutput(BaseOutput):
                 if not self.drained:
                     log.warning("%s: could not confirm that the last MIDI messages left the port within "
                                 "%.0f s (JACK server stalled?)", self.name, DRAIN_TIMEOUT_S)
+            if self.for_exit and self.api == "UNIX_JACK":
+                _LEFT_FOR_EXIT.extend(rt for rt in (self._probe, self._rt) if rt is not None)
+                self._probe = None
+                return
+            if self._probe is not None:
                 self._probe.delete()  # type: ignore[attr-defined]
                 self._probe = None
             self._rt.close_port()
@@ -623,15 +660,20 @@ class MidiIO:
         running beside, in libjack, whatever our order of calls): the port exists, is connected,
         and stays deaf or mute for good. Each JACK port proves itself through its own loopback
         (the input's guard, the output's echo) before use; a dead one is closed and its client
-        opened anew."""
+        opened anew. So is one whose open met a port list that changed under it (PortListChanged)."""
         for attempt in range(1, LIVE_ATTEMPTS + 1):
-            port = open_port()
+            try:
+                port = open_port()
+            except PortListChanged as err:
+                failure = f"{err}: the port list changed while it opened"
+                self.server_events.event("port_list_changed", f"{failure} (attempt {attempt} of {LIVE_ATTEMPTS})")
+                continue
             if port.is_live(LIVE_TIMEOUT_S):
                 return port
-            self.server_events.event("dead_port", f"{port.name}: JACK never ran its client (attempt {attempt} "
-                                                  f"of {LIVE_ATTEMPTS}); opening a new one")
+            failure = f"{port.name}: JACK never ran its client"
+            self.server_events.event("dead_port", f"{failure} (attempt {attempt} of {LIVE_ATTEMPTS}); opening a new one")
             self._close_ports([port], abandon=True)
-        raise MidiPortError(f"{port.name}: JACK never ran its client in {LIVE_ATTEMPTS} attempts")
+        raise MidiPortError(f"{failure}, {LIVE_ATTEMPTS} attempts")
 
     @property
     def input_name(self) -> str:
@@ -643,11 +685,14 @@ class MidiIO:
         with self._lock:
             return [port.name for port in self.outputs.values()]
 
-    def close_input(self) -> None:
-        """Stop hearing MIDI (shutdown: first, so no clock tick schedules notes after the panic)."""
+    def close_input(self, for_exit: bool = False) -> None:
+        """Stop hearing MIDI (shutdown: first, so no clock tick schedules notes after the panic);
+        `for_exit`: see close."""
         self._input_closed_for_good = True
         with self._lock:
             port, self.input = self.input, None
+        if isinstance(port, RtMidiInput):
+            port.for_exit = for_exit
         if port is not None:
             port.close()
 
@@ -850,12 +895,16 @@ class MidiIO:
         counts.update(self.server_events.counts)
         return counts
 
-    def close(self, final: Sequence[mido.Message] = ()) -> None:
+    def close(self, final: Sequence[mido.Message] = (), for_exit: bool = False) -> None:
         """Close every port (input first, so no callback runs during shutdown); safe twice.
         `final`: messages each JACK output sends once more as it closes (the daemon's All Notes
-        Off), in a later JACK cycle than the rest (RtMidiOutput._drain_jack says why)."""
+        Off), in a later JACK cycle than the rest (RtMidiOutput._drain_jack says why).
+        `for_exit` (the daemon's last close, in its own process): JACK ports stop and drain as
+        always, but their clients are left for the process's exit to remove (_LEFT_FOR_EXIT)."""
         ports = self._take_ports()
         for port in ports:
+            if isinstance(port, (RtMidiInput, RtMidiOutput)):
+                port.for_exit = for_exit
             if isinstance(port, RtMidiOutput):
                 port.final = tuple(msg.bytes() for msg in final)
         self._close_ports(ports)

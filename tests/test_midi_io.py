@@ -150,3 +150,25 @@ def test_a_port_whose_client_never_runs_is_replaced_then_refused() -> None:
         io._open_live(lambda: dead.pop(0))
     assert all(p.closed for p in opened), "a dead port was left open"
     assert io.server_events.counts == {"dead_port": 1 + LIVE_ATTEMPTS}
+
+
+def test_an_open_that_met_a_changing_port_list_is_tried_again_on_a_fresh_one() -> None:
+    """rtmidi's index-based open can meet a port list that another client changed meanwhile
+    (PortListChanged): the next attempt opens anew; after LIVE_ATTEMPTS such opens it is refused."""
+    from bridge.midi_io import PortListChanged
+
+    io = _NoPortsIO(PortOptions(), lambda msg, t: None, ["guitar"])
+    outcomes: list = [PortListChanged("cannot open MIDI output 'vaejam bass': portNumber (9) is invalid"), _Port(True)]
+
+    def open_port():
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    assert io._open_live(open_port).live
+    assert io.server_events.counts == {"port_list_changed": 1}
+    outcomes[:] = [PortListChanged("index (3) is invalid") for _ in range(LIVE_ATTEMPTS)]
+    with pytest.raises(MidiPortError, match="port list changed"):
+        io._open_live(open_port)
+    assert io.server_events.counts == {"port_list_changed": 1 + LIVE_ATTEMPTS}

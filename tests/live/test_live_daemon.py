@@ -8,6 +8,8 @@ import mido
 import numpy as np
 import pytest
 
+from bridge.bench import jack_ports
+
 from .harness import PERIOD_S
 from .player import chords, first_of_each_step, grid_errors_ms, play, unpaired_notes
 
@@ -112,6 +114,11 @@ def test_a_signal_releases_every_note_and_exits_0(start_daemon, connect_client, 
                and (getattr(r.msg, "note", None) in {n for _, n in left} or r.msg.type == "control_change")]
     assert left == [], f"{history[-12:]}\n{''.join(daemon.stderr)[-3000:]}"
     assert any("vaejam stopped" in line for line in daemon.lines)
+    # the daemon left its JACK clients to its exit (bridge.cli.entry): jackd removed them whole
+    deadline = time.monotonic() + 5.0  # jackd notices a dead client's socket on its own thread
+    while (ours := [p for p in jack_ports() if p.split(":")[0].startswith(daemon.client)]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ours == []
 
 
 def test_internal_clock_until_a_midi_clock_starts(start_daemon, connect_client) -> None:
