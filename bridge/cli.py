@@ -8,10 +8,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
 import sys
 from importlib import metadata
-from typing import NoReturn, Sequence
+from typing import Sequence
 
 # (module, what it adds); a module's register_cli adds one or more subparsers whose
 # `func(args) -> int` runs the job.
@@ -100,10 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None, own_process: bool = False) -> int:
-    """The CLI; `own_process`: this process ends when main returns (see entry)."""
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    args.own_process = own_process
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
@@ -118,26 +115,5 @@ def main(argv: Sequence[str] | None = None, own_process: bool = False) -> int:
         return 130
 
 
-def entry() -> NoReturn:
-    """The `vaejam` command and `python -m bridge.cli`: main, then the end of the process.
-
-    The daemon leaves its JACK clients open when it stops (its notes released and seen leaving
-    every port first): destroying them makes RtMidi unregister ports of active clients, which can
-    crash inside libjack (bridge.midi_io, _LEFT_FOR_EXIT). Then the process ends with os._exit, which
-    runs no destructor, and jackd removes the clients whole; logs and output are flushed first.
-    Tests call main() in their own process and get every client closed as before."""
-    code = main(own_process=True)
-    midi_io = sys.modules.get("bridge.midi_io")  # not imported: no port was ever opened
-    if midi_io is not None and midi_io.jack_clients_left_for_exit():
-        logging.shutdown()
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):  # a reader that went away, or a closed stream
-                pass
-        os._exit(code)
-    sys.exit(code)
-
-
 if __name__ == "__main__":
-    entry()
+    sys.exit(main())

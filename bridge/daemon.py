@@ -98,18 +98,16 @@ class Daemon:
     osc: object
     housekeeper: "Housekeeper"
 
-    def shutdown(self, for_exit: bool = False) -> bool:
+    def shutdown(self) -> bool:
         """Every step runs even when one before it failed (a port error must not skip the note-offs);
         True when all of them succeeded. A failure used to escape as an OSError (rtmidi's SystemError
-        is one), which the CLI turns into exit status 2 after a normal-looking log. `for_exit`: the
-        process ends next (bridge.cli.entry), so JACK clients are left to its exit (MidiIO.close)."""
+        is one), which the CLI turns into exit status 2 after a normal-looking log."""
         steps: tuple[tuple[str, Callable[[], object]], ...] = (
             ("housekeeping", lambda: self.housekeeper.stop(block=True)),
             ("OSC server", lambda: self.osc.stop(block=True)),  # type: ignore[attr-defined]
-            # no more clock ticks: nothing scheduled after the panic
-            ("MIDI input", lambda: self.midi.close_input(for_exit=for_exit)),
+            ("MIDI input", self.midi.close_input),  # no more clock ticks: nothing scheduled after the panic
             ("session", self.session.close),  # note-offs + CC 123, take finalised, worker ended
-            ("MIDI outputs", lambda: self._close_outputs(for_exit)),  # each JACK output drained first
+            ("MIDI outputs", self._close_outputs),  # each JACK output drained first
         )
         ok = True
         for what, step in steps:
@@ -121,10 +119,10 @@ class Daemon:
         return ok
 
 
-    def _close_outputs(self, for_exit: bool = False) -> None:
+    def _close_outputs(self) -> None:
         """Close the outputs, each JACK one sending All Notes Off again in a later cycle."""
         all_notes_off = getattr(getattr(self.session, "scheduler", None), "all_notes_off", None)
-        self.midi.close(final=all_notes_off() if all_notes_off is not None else (), for_exit=for_exit)
+        self.midi.close(final=all_notes_off() if all_notes_off is not None else ())
 
 
 class Housekeeper(threading.Thread):
@@ -360,9 +358,7 @@ def run_command(args: argparse.Namespace) -> int:
         return _serve(args, stop, jack)
     finally:
         if jack is not None:
-            # after the daemon's ports are closed (or left for the exit: a server that goes tells our
-            # clients so, and no port of ours is unregistered); only a jackd we started is stopped
-            jack.close()
+            jack.close()  # after the daemon's ports are closed; only a jackd we started is stopped
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         sys.setswitchinterval(switch)
@@ -392,7 +388,7 @@ def _serve(args: argparse.Namespace, stop: threading.Event, jack: JackServer | N
         while not stop.wait(0.5):
             pass
     finally:
-        clean = daemon.shutdown(for_exit=getattr(args, "own_process", False))
+        clean = daemon.shutdown()
     _say("vaejam stopped: all notes off" + _take_note(daemon.session) if clean
          else "vaejam stopped, with errors while closing (see the log above)")
     return 0 if clean else 1

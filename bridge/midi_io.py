@@ -229,21 +229,6 @@ LIVE_ATTEMPTS = 3  # new JACK clients tried for a port whose process callback ne
 DRAIN_TIMEOUT_S = 2.0  # longest wait for a JACK output's last messages to be seen leaving it
 ACTIVE_SENSING = 0xFE  # the drain marker; also tells hardware synths "connection gone, release voices"
 
-# The rtmidi objects of JACK ports closed for the process's exit (MidiIO.close(for_exit=True)), kept
-# so that nothing destroys them: the process ends with os._exit (bridge.cli.entry) and jackd then
-# removes their clients whole. Destroying one makes RtMidi unregister its port while the client is
-# still active, and libjack's notification thread may be walking that client's port list for a
-# latency callback at that moment: a segfault (jackaudio/jack2#216; a stand-alone loop of 400 output
-# closes crashed 2 runs of 3, the core dump in JackClient::HandleLatencyCallback; a daemon stop died
-# of SIGSEGV in one of ten looped live suites before, its stack not recorded).
-_LEFT_FOR_EXIT: list[object] = []
-
-
-def jack_clients_left_for_exit() -> bool:
-    """Whether JACK clients were left open for the process's exit (the process must then end with
-    os._exit, or Python's own teardown destroys them after all)."""
-    return bool(_LEFT_FOR_EXIT)
-
 
 def _rtmidi_api(api: str) -> int:
     import rtmidi  # lazily: only real ports need the library
@@ -286,7 +271,6 @@ class RtMidiInput(BaseInput):
         self.jack_name: str | None = None  # JACK only: our port's full name ("vaejam:vaejam in")
         self.heard_at = clock()  # when the poll thread last read anything (the guard's F7 included)
         self.heard = threading.Event()  # set by the poll thread once it has read anything
-        self.for_exit = False  # set by MidiIO before close: leave the JACK clients to the process's exit
         super().__init__(name, handler, clock)
 
     def _open(self) -> None:
@@ -366,9 +350,6 @@ class RtMidiInput(BaseInput):
 
     def _delete_rtmidi(self) -> None:
         guard, self._guard = self._guard, None
-        if self.for_exit and self.api == "UNIX_JACK":
-            _LEFT_FOR_EXIT.extend(rt for rt in (guard, getattr(self, "_rt", None)) if rt is not None)
-            return
         if guard is not None:
             guard.delete()  # type: ignore[attr-defined]
         rt = getattr(self, "_rt", None)  # absent when the MidiIn itself could not be made
@@ -402,7 +383,6 @@ class RtMidiOutput(BaseOutput):
         # JACK only: raw messages sent once more at close, in a later process cycle than everything
         # before them (the release: see _drain_jack); set by MidiIO.close
         self.final: tuple[Sequence[int], ...] = ()
-        self.for_exit = False  # set by MidiIO before close: leave the JACK clients to the process's exit
         super().__init__(name)
 
     def _open(self) -> None:
@@ -439,11 +419,6 @@ class RtMidiOutput(BaseOutput):
                 if not self.drained:
                     log.warning("%s: could not confirm that the last MIDI messages left the port within "
                                 "%.0f s (JACK server stalled?)", self.name, DRAIN_TIMEOUT_S)
-            if self.for_exit and self.api == "UNIX_JACK":
-                _LEFT_FOR_EXIT.extend(rt for rt in (self._probe, self._rt) if rt is not None)
-                self._probe = None
-                return
-            if self._probe is not None:
                 self._probe.delete()  # type: ignore[attr-defined]
                 self._probe = None
             self._rt.close_port()
@@ -685,14 +660,11 @@ class MidiIO:
         with self._lock:
             return [port.name for port in self.outputs.values()]
 
-    def close_input(self, for_exit: bool = False) -> None:
-        """Stop hearing MIDI (shutdown: first, so no clock tick schedules notes after the panic);
-        `for_exit`: see close."""
+    def close_input(self) -> None:
+        """Stop hearing MIDI (shutdown: first, so no clock tick schedules notes after the panic)."""
         self._input_closed_for_good = True
         with self._lock:
             port, self.input = self.input, None
-        if isinstance(port, RtMidiInput):
-            port.for_exit = for_exit
         if port is not None:
             port.close()
 
@@ -895,16 +867,12 @@ class MidiIO:
         counts.update(self.server_events.counts)
         return counts
 
-    def close(self, final: Sequence[mido.Message] = (), for_exit: bool = False) -> None:
+    def close(self, final: Sequence[mido.Message] = ()) -> None:
         """Close every port (input first, so no callback runs during shutdown); safe twice.
         `final`: messages each JACK output sends once more as it closes (the daemon's All Notes
-        Off), in a later JACK cycle than the rest (RtMidiOutput._drain_jack says why).
-        `for_exit` (the daemon's last close, in its own process): JACK ports stop and drain as
-        always, but their clients are left for the process's exit to remove (_LEFT_FOR_EXIT)."""
+        Off), in a later JACK cycle than the rest (RtMidiOutput._drain_jack says why)."""
         ports = self._take_ports()
         for port in ports:
-            if isinstance(port, (RtMidiInput, RtMidiOutput)):
-                port.for_exit = for_exit
             if isinstance(port, RtMidiOutput):
                 port.final = tuple(msg.bytes() for msg in final)
         self._close_ports(ports)

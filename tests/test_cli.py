@@ -54,26 +54,3 @@ def test_device_cuda_on_a_cpu_torch_is_one_line_naming_the_fix(command, tiny_mod
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert "install a CUDA build of torch" in err and "--device cpu" in err
-
-
-@pytest.mark.parametrize("left_open", [False, True])
-def test_entry_ends_the_process_with_os_exit_only_when_jack_clients_were_left_open(monkeypatch, left_open):
-    """The daemon leaves its JACK clients open when it stops (bridge.midi_io, _LEFT_FOR_EXIT): then
-    the process must end by os._exit (no destructor runs), with main's exit status; else sys.exit."""
-    import bridge.cli as cli
-    import bridge.midi_io as midi_io
-
-    called = {}
-    monkeypatch.setattr(cli, "main", lambda own_process=False: called.setdefault("own_process", own_process) and 3)
-    monkeypatch.setattr(midi_io, "_LEFT_FOR_EXIT", [object()] if left_open else [])
-
-    def fake_exit(code: int) -> None:
-        called["os_exit"] = code
-        raise SystemExit(code)
-
-    monkeypatch.setattr(cli.os, "_exit", fake_exit)
-    with pytest.raises(SystemExit) as done:
-        cli.entry()
-    assert done.value.code == 3 and called["own_process"] is True
-    assert called.get("os_exit") == (3 if left_open else None)
-
