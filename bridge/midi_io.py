@@ -48,6 +48,15 @@ class PortListChanged(MidiPortError):
     again reads a fresh list (MidiIO._open_live)."""
 
 
+def _open_error(kind: str, name: str, api: str, err: Exception) -> MidiPortError:
+    """The error for an rtmidi failure while opening a port: PortListChanged where rtmidi's index
+    no longer named a port (tried again, MidiIO._open_live), else MidiPortError."""
+    import rtmidi
+
+    error = PortListChanged if isinstance(err, rtmidi.InvalidPortError) else MidiPortError
+    return error(f"cannot open MIDI {kind} {name!r} on {api}: {err}")
+
+
 def apis_to_try(choice: str, platform: str = sys.platform, has_alsa_seq: bool | None = None) -> list[str]:
     """rtmidi APIs to try in order for a --midi-api choice (auto: the platform's native one, then JACK)."""
     if choice not in API_CHOICES:
@@ -291,8 +300,7 @@ class RtMidiInput(BaseInput):
                 self._connect_guard(before)
         except (rtmidi.SystemError, rtmidi.RtMidiError, RuntimeError) as err:
             self._delete_rtmidi()
-            error = PortListChanged if isinstance(err, rtmidi.InvalidPortError) else MidiPortError
-            raise error(f"cannot open MIDI input {self.name!r} on {self.api}: {err}") from err
+            raise _open_error("input", self.name, self.api, err) from err
         self.heard_at = self._clock()
         self._poller = threading.Thread(target=self._poll, name=f"vaejam-midi-in:{self.name}", daemon=True)
         self._poller.start()
@@ -405,8 +413,7 @@ class RtMidiOutput(BaseOutput):
                 if rt is not None:
                     rt.delete()  # type: ignore[attr-defined]
             self._probe = None
-            error = PortListChanged if isinstance(err, rtmidi.InvalidPortError) else MidiPortError
-            raise error(f"cannot open MIDI output {self.name!r} on {self.api}: {err}") from err
+            raise _open_error("output", self.name, self.api, err) from err
 
     def _send(self, msg: mido.Message) -> None:
         with self._lock:
